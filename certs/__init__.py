@@ -1,1 +1,1 @@
-"""TODO"""
+"""CA and broker certificates (the ``cryptography`` package)."""

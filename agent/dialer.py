@@ -1,0 +1,181 @@
+"""The agent's connection loop: dial out to the broker, serve the session, reconnect forever."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidHandshake, InvalidStatus
+
+from .. import __version__
+from ..session import StreamBridge, TunnelSession, serve_local
+from ..wire import ConfigurationError, Connection, ErrorCode, Settings, Side
+from .transport import WebsocketsTransport
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = "127.0.0.1"
+
+
+@dataclass
+class AgentConfig:
+    """What the agent needs. The token comes from the environment or a file, never argv."""
+
+    url: str
+    token: str
+    cafile: str | None = None
+    insecure: bool = False
+    allow_ports: list[int] = field(default_factory=list)
+    heartbeat_interval: float = 5.0
+    heartbeat_timeout: float = 15.0
+    connect_timeout: float = 10.0
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    wire: Settings = field(default_factory=lambda: Settings(software=f"batchtunnel-agent/{__version__}"))
+
+    def check(self) -> None:
+        """Raises ConfigurationError naming the option to fix."""
+        scheme = urlsplit(self.url).scheme
+        if scheme not in ("ws", "wss"):
+            raise ConfigurationError(f"--url must start with wss:// (or ws:// with --insecure), not {self.url!r}")
+        if scheme == "ws" and not self.insecure:
+            raise ConfigurationError("--url is plain ws://: TLS is required unless --insecure is given")
+        if not self.token:
+            raise ConfigurationError("no tunnel token: set BATCHTUNNEL_TOKEN or --token-file")
+        if self.backoff_initial <= 0 or self.backoff_max < self.backoff_initial:
+            raise ConfigurationError("--backoff-initial must be > 0 and <= --backoff-max")
+        if self.heartbeat_timeout <= self.heartbeat_interval:
+            raise ConfigurationError("--heartbeat-timeout must be longer than --heartbeat-interval")
+
+
+def backoff_delays(initial: float, maximum: float, rng: random.Random) -> Iterator[float]:
+    """Exponential backoff with "equal jitter": the n-th delay is uniform in [c/2, c],
+    c = min(maximum, initial * 2**n). Spreads a crowd of agents without ever retrying at once."""
+    ceiling = initial
+    while True:
+        yield rng.uniform(ceiling / 2, ceiling)
+        ceiling = min(maximum, ceiling * 2)
+
+
+class Agent:
+    """Dials the broker and serves streams until ``stop()``."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        config.check()
+        self.config = config
+        self.session: TunnelSession | None = None
+        self.connected = asyncio.Event()
+        self.connections = 0
+        self._stopping = False
+
+    def _ssl(self) -> ssl.SSLContext | None:
+        if urlsplit(self.config.url).scheme != "wss":
+            return None
+        ctx = ssl.create_default_context(cafile=self.config.cafile)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        return ctx
+
+    async def run(self) -> None:
+        """Connect, serve, reconnect with backoff and jitter; returns only after ``stop()``."""
+        rng = random.Random()
+        delays = backoff_delays(self.config.backoff_initial, self.config.backoff_max, rng)
+        ssl_context = self._ssl()
+        if ssl_context is None:
+            log.warning("connecting over plain ws:// (--insecure): the token travels unencrypted")
+        while not self._stopping:
+            served = await self._connect_once(ssl_context)
+            if self._stopping:
+                return
+            if served:
+                delays = backoff_delays(self.config.backoff_initial, self.config.backoff_max, rng)
+            delay = next(delays)
+            log.info("reconnecting in %.1f s", delay)
+            await asyncio.sleep(delay)
+
+    async def _connect_once(self, ssl_context: ssl.SSLContext | None) -> bool:
+        """One connection attempt; True if a session was established."""
+        try:
+            ws = await asyncio.wait_for(
+                connect(
+                    self.config.url,
+                    ssl=ssl_context,
+                    additional_headers={"Authorization": f"Bearer {self.config.token}"},
+                    user_agent_header=f"batchtunnel-agent/{__version__}",
+                    compression=None,
+                    ping_interval=None,  # our own heartbeat runs inside the session
+                    max_size=2 * 1024 * 1024,
+                    max_queue=64,
+                    open_timeout=self.config.connect_timeout,
+                    close_timeout=2,
+                ),
+                self.config.connect_timeout + 1,
+            )
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            if status in (401, 403):
+                log.error("the broker refused this agent's credential (HTTP %d): check the tunnel token; "
+                          "was the tunnel deleted?", status)
+            else:
+                log.warning("the broker answered HTTP %d", status)
+            return False
+        except (OSError, asyncio.TimeoutError, InvalidHandshake) as exc:
+            log.warning("cannot reach the broker at %s: %s", _safe_url(self.config.url),
+                        exc or type(exc).__name__)
+            return False
+        session = TunnelSession(
+            Connection(Side.AGENT, self.config.wire),
+            WebsocketsTransport(ws),
+            name="agent",
+            accept=self._accept,
+            heartbeat_interval=self.config.heartbeat_interval,
+            heartbeat_timeout=self.config.heartbeat_timeout,
+        )
+        self.session = session
+        run = asyncio.ensure_future(session.run())  # owned here, awaited below
+        started = False
+        try:
+            try:
+                await session.wait_started(self.config.connect_timeout)
+                started = True
+                self.connections += 1
+                self.connected.set()
+                log.info("connected to %s", _safe_url(self.config.url))
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                if not run.done():
+                    session.close()
+            closed = await run
+            log.info("disconnected from the broker: %s", closed)
+        finally:
+            if not run.done():
+                run.cancel()
+                await asyncio.gather(run, return_exceptions=True)
+            self.connected.clear()
+            self.session = None
+        return started
+
+    async def _accept(self, session: TunnelSession, bridge: StreamBridge) -> None:
+        assert bridge.stream_id is not None
+        if self.config.allow_ports and bridge.port not in self.config.allow_ports:
+            log.warning("stream %d to port %d refused: not in --allow-port", bridge.stream_id, bridge.port)
+            session.reset(bridge.stream_id, ErrorCode.REFUSED_STREAM)
+            return
+        # Loopback only: the agent is never a proxy into the cluster's network.
+        await serve_local(session, bridge, LOOPBACK, self.config.connect_timeout)
+
+    def stop(self) -> None:
+        """Stop reconnecting and close the current session."""
+        self._stopping = True
+        if self.session is not None:
+            self.session.close()
+
+
+def _safe_url(url: str) -> str:
+    """The URL without any userinfo, for logs."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}{':' + str(parts.port) if parts.port else ''}{parts.path}"

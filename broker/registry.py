@@ -1,0 +1,126 @@
+"""Tunnels the broker knows: their credentials, agents and hub-side exposures."""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..session import TunnelSession
+from ..wire import AuthenticationError, ErrorCode
+from . import tokens
+from .exposure import Exposure
+from .store import Store, TunnelRecord
+
+log = logging.getLogger(__name__)
+
+NAME_RE = re.compile(r"^[A-Za-z0-9_.@+-]{0,100}$")
+
+
+class RegistryError(Exception):
+    """A request the registry refuses; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Tunnel:
+    """A tunnel: one job's agent, and the hub-side ports that reach through it."""
+
+    id: str
+    name: str
+    token_hash: str
+    created: float
+    session: TunnelSession | None = None
+    agent_address: str | None = None
+    connected_since: float | None = None
+    disconnected_since: float | None = None
+    exposures: dict[tuple[str, int], Exposure] = field(default_factory=dict)
+    connections_total: int = 0
+
+    @property
+    def agent_connected(self) -> bool:
+        return self.session is not None and self.session.started and self.session.closed is None
+
+    def as_json(self) -> dict[str, Any]:
+        """The public view: never the token or its hash."""
+        session = self.session if self.agent_connected else None
+        return {
+            "id": self.id,
+            "name": self.name,
+            "created": self.created,
+            "agent": {
+                "connected": session is not None,
+                "address": self.agent_address if session is not None else None,
+                "connected_since": self.connected_since if session is not None else None,
+                "disconnected_since": None if session is not None else self.disconnected_since,
+                "rtt_ms": round(session.rtt * 1000, 3) if session and session.rtt is not None else None,
+                "streams": session.stream_count if session else 0,
+            },
+            "exposures": [e.as_json() for e in self.exposures.values()],
+            "connections_total": self.connections_total,
+        }
+
+
+class Registry:
+    """Tunnels by id, backed by a :class:`Store`."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.tunnels: dict[str, Tunnel] = {}
+        for record in store.tunnels():
+            self.tunnels[record.id] = Tunnel(record.id, record.name, record.token_hash, record.created,
+                                             disconnected_since=time.time())
+
+    def create(self, name: str) -> tuple[Tunnel, str]:
+        """Create a tunnel. Returns it and its agent token, which is never available again."""
+        if not NAME_RE.match(name):
+            raise RegistryError(400, "name: up to 100 characters from A-Z a-z 0-9 _ . @ + -")
+        tunnel_id = "t" + secrets.token_hex(8)
+        token, token_hash = tokens.new_token(tunnel_id)
+        now = time.time()
+        tunnel = Tunnel(tunnel_id, name, token_hash, now, disconnected_since=now)
+        self.store.add_tunnel(TunnelRecord(tunnel_id, name, token_hash, now))
+        self.tunnels[tunnel_id] = tunnel
+        log.info("tunnel %s created (name %r)", tunnel_id, name)
+        return tunnel, token
+
+    def get(self, tunnel_id: str) -> Tunnel:
+        tunnel = self.tunnels.get(tunnel_id)
+        if tunnel is None:
+            raise RegistryError(404, f"no tunnel {tunnel_id!r}")
+        return tunnel
+
+    def authenticate(self, token: str | None) -> Tunnel:
+        """Return the tunnel ``token`` belongs to.
+
+        Raises:
+            AuthenticationError: with a reason safe to log (it never contains the token).
+        """
+        if not token:
+            raise AuthenticationError("no credential presented")
+        parts = tokens.split_token(token)
+        if parts is None:
+            raise AuthenticationError("malformed credential")
+        tunnel = self.tunnels.get(parts[0])
+        # Compare even when the tunnel is unknown, so timing does not reveal which ids exist.
+        ok = tokens.matches(parts[1], tunnel.token_hash if tunnel else "0" * 64)
+        if tunnel is None or not ok:
+            raise AuthenticationError("unknown tunnel or wrong credential")
+        return tunnel
+
+    async def delete(self, tunnel_id: str) -> None:
+        tunnel = self.get(tunnel_id)
+        del self.tunnels[tunnel_id]
+        self.store.delete_tunnel(tunnel_id)
+        for exposure in list(tunnel.exposures.values()):
+            await exposure.close()
+        tunnel.exposures.clear()
+        if tunnel.session is not None:
+            tunnel.session.close(ErrorCode.TUNNEL_DELETED, "the tunnel was deleted")
+        log.info("tunnel %s deleted", tunnel_id)

@@ -1,0 +1,145 @@
+"""The broker process: agent endpoint, admin API and hub-side exposures, started and stopped together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from ..wire import ConfigurationError, Settings
+from .agent_endpoint import AgentEndpoint
+from .api import Api
+from .exposure import Exposure
+from .registry import Registry
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BrokerConfig:
+    """Everything the broker needs; the CLI fills it from flags, environment and file."""
+
+    admin_token: str
+    listen_host: str = "0.0.0.0"
+    listen_port: int = 8765
+    api_host: str = "127.0.0.1"
+    api_port: int = 8766
+    cert: str | None = None
+    key: str | None = None
+    insecure: bool = False
+    database: str = ":memory:"
+    expose_hosts: list[str] = field(default_factory=lambda: ["127.0.0.1"])
+    handshake_timeout: float = 10.0
+    heartbeat_interval: float = 5.0
+    heartbeat_timeout: float = 15.0
+    wire: Settings = field(default_factory=Settings)
+
+    def check(self) -> None:
+        """Raises ConfigurationError naming the option to fix."""
+        if not self.admin_token or len(self.admin_token) < 16:
+            raise ConfigurationError("the admin token must be at least 16 characters")
+        if bool(self.cert) != bool(self.key):
+            raise ConfigurationError("give both --cert and --key, or neither")
+        if not self.cert and not self.insecure:
+            raise ConfigurationError(
+                "TLS is on by default: give --cert and --key (see `batchtunnel certs init`), "
+                "or --insecure to accept agents over plain ws:// (testing only)"
+            )
+        if self.heartbeat_timeout <= self.heartbeat_interval:
+            raise ConfigurationError("--heartbeat-timeout must be longer than --heartbeat-interval")
+
+
+class Broker:
+    """Run with ``await broker.start()`` ... ``await broker.stop()``."""
+
+    def __init__(self, config: BrokerConfig) -> None:
+        config.check()
+        self.config = config
+        self.store = Store(config.database)
+        self.registry = Registry(self.store)
+        self.endpoint = AgentEndpoint(
+            self.registry, config.wire, config.handshake_timeout,
+            config.heartbeat_interval, config.heartbeat_timeout,
+        )
+        self.api = Api(self.registry, config.admin_token, config.expose_hosts, self.metrics_text)
+        self._runners: list[web.AppRunner] = []
+        self.agent_port = 0
+        self.api_port = 0
+
+    async def start(self) -> None:
+        agent_app = web.Application()
+        agent_app.router.add_get("/agent", self.endpoint.handle)
+        ssl_context = None
+        if self.config.cert and self.config.key:
+            ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ssl_context.minimum_version = ssl.TLSVersion.TLSv1_2
+            ssl_context.load_cert_chain(self.config.cert, self.config.key)
+        else:
+            log.warning("agents connect over plain ws:// (--insecure): tokens travel unencrypted")
+        self.agent_port = await self._serve(agent_app, self.config.listen_host, self.config.listen_port,
+                                            ssl_context)
+        self.api_port = await self._serve(self.api.app(), self.config.api_host, self.config.api_port, None)
+        await self._restore_exposures()
+        scheme = "wss" if ssl_context else "ws"
+        log.info("broker ready: agents %s://%s:%d/agent, API http://%s:%d", scheme,
+                 self.config.listen_host, self.agent_port, self.config.api_host, self.api_port)
+
+    async def _serve(self, app: web.Application, host: str, port: int, ctx: ssl.SSLContext | None) -> int:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+        await runner.setup()
+        self._runners.append(runner)
+        site = web.TCPSite(runner, host, port, ssl_context=ctx, reuse_address=True)
+        await site.start()
+        sockets = getattr(site._server, "sockets", None) or []
+        bound: int = sockets[0].getsockname()[1] if sockets else port
+        return bound
+
+    async def _restore_exposures(self) -> None:
+        for record in self.store.exposures():
+            tunnel = self.registry.tunnels.get(record.tunnel_id)
+            if tunnel is None:
+                continue
+            exposure = Exposure(tunnel, record.host, record.port, record.rport)
+            try:
+                await exposure.open()
+            except OSError as exc:
+                log.error("tunnel %s: cannot re-bind %s:%d: %s", tunnel.id, record.host, record.port, exc)
+                continue
+            tunnel.exposures[(record.host, exposure.port)] = exposure
+
+    async def stop(self) -> None:
+        await self.endpoint.close_all()
+        for tunnel in self.registry.tunnels.values():
+            for exposure in tunnel.exposures.values():
+                await exposure.close()
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self._runners.clear()
+        self.store.close()
+
+    def metrics_text(self) -> str:
+        tunnels = list(self.registry.tunnels.values())
+        sessions = [t.session for t in tunnels if t.session is not None and t.agent_connected]
+        lines = [
+            "# HELP batchtunnel_tunnels Tunnels known to the broker.",
+            "# TYPE batchtunnel_tunnels gauge",
+            f"batchtunnel_tunnels {len(tunnels)}",
+            "# HELP batchtunnel_agents_connected Tunnels whose agent is connected.",
+            "# TYPE batchtunnel_agents_connected gauge",
+            f"batchtunnel_agents_connected {len(sessions)}",
+            "# HELP batchtunnel_streams_open Streams open across all tunnels.",
+            "# TYPE batchtunnel_streams_open gauge",
+            f"batchtunnel_streams_open {sum(s.stream_count for s in sessions)}",
+            "# HELP batchtunnel_hub_connections_total Hub-side connections accepted.",
+            "# TYPE batchtunnel_hub_connections_total counter",
+            f"batchtunnel_hub_connections_total {sum(t.connections_total for t in tunnels)}",
+            "# HELP batchtunnel_agent_bytes_total Bytes carried by agent sessions now connected.",
+            "# TYPE batchtunnel_agent_bytes_total counter",
+            f'batchtunnel_agent_bytes_total{{direction="in"}} {sum(s.bytes_in for s in sessions)}',
+            f'batchtunnel_agent_bytes_total{{direction="out"}} {sum(s.bytes_out for s in sessions)}',
+        ]
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,80 @@
+"""``batchtunnel agent``: inside the batch job, dial out to the broker and serve the notebook."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from typing import Any
+
+from .event_loop import run as run_loop
+from .options import Option, port_number, positive, read_secret
+
+NAME = "agent"
+HELP = "run the agent inside a batch job (dials out; optionally wraps a command)"
+DESCRIPTION = """\
+Dial out to the broker and serve the streams it opens by connecting to
+127.0.0.1:<port> on this node (loopback only: the agent is never a proxy into
+the cluster). Reconnects forever with exponential backoff and jitter.
+
+The tunnel token comes from BATCHTUNNEL_TOKEN or --token-file, never from the
+command line. With `-- COMMAND ...` the agent runs COMMAND, forwards SIGTERM,
+SIGINT, SIGHUP, SIGUSR1 and SIGUSR2 to it, and exits with its exit status.
+
+Example:
+  BATCHTUNNEL_TOKEN=... batchtunnel agent --url wss://hub.example.org:8765/agent \\
+      --cafile ca.pem -- jupyterhub-singleuser --ip 127.0.0.1
+"""
+
+OPTIONS = [
+    Option("url", "broker agent endpoint, wss://HOST:PORT/agent", metavar="URL"),
+    Option("token-file", "file holding this tunnel's token (alternative to BATCHTUNNEL_TOKEN)", metavar="FILE"),
+    Option("cafile", "PEM CA bundle to verify the broker's certificate (default: system CAs)", metavar="FILE"),
+    Option("insecure", "allow a plain ws:// URL (testing only)", flag=True),
+    Option("allow-port", "node port the broker may reach (repeatable); none given: any loopback port",
+           port_number, [], multiple=True, metavar="PORT"),
+    Option("heartbeat-interval", "seconds between heartbeat PINGs", positive, 5.0),
+    Option("heartbeat-timeout", "seconds of silence after which the link is declared dead and redialled",
+           positive, 15.0),
+    Option("connect-timeout", "seconds for one dial (TCP + TLS + WebSocket + handshake)", positive, 10.0),
+    Option("backoff-initial", "first reconnect delay, seconds (doubles each failure, with jitter)",
+           positive, 0.5),
+    Option("backoff-max", "longest reconnect delay, seconds", positive, 30.0),
+    Option("event-loop", "auto (uvloop if installed), uvloop or asyncio", str, "auto"),
+]
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("command", nargs=argparse.REMAINDER,
+                        help="optional: -- COMMAND [ARGS...] to run beside the agent")
+
+
+def run(values: dict[str, Any], args: argparse.Namespace) -> int:
+    from .agent import Agent, AgentConfig, run_with_command
+    from .wire import ConfigurationError
+
+    if not values["url"]:
+        raise ConfigurationError("--url is required (or BATCHTUNNEL_URL)")
+    token = read_secret("BATCHTUNNEL_TOKEN", values["token_file"], "tunnel token")
+    os.environ.pop("BATCHTUNNEL_TOKEN", None)  # the wrapped command does not need it
+    config = AgentConfig(
+        url=values["url"], token=token, cafile=values["cafile"], insecure=bool(values["insecure"]),
+        allow_ports=values["allow_port"], heartbeat_interval=values["heartbeat_interval"],
+        heartbeat_timeout=values["heartbeat_timeout"], connect_timeout=values["connect_timeout"],
+        backoff_initial=values["backoff_initial"], backoff_max=values["backoff_max"],
+    )
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+
+    async def main(stop: asyncio.Event) -> int:
+        agent = Agent(config)
+        if command:
+            return await run_with_command(agent, command)
+        task = asyncio.ensure_future(agent.run())  # owned here
+        await stop.wait()
+        agent.stop()
+        await asyncio.gather(task, return_exceptions=True)
+        return 0
+
+    return run_loop(main, values["event_loop"])

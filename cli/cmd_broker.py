@@ -1,0 +1,95 @@
+"""``batchtunnel broker``: run the broker next to the hub."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import secrets
+from typing import Any
+
+from .wire import ConfigurationError, Settings
+from .event_loop import run as run_loop
+from .options import Option, host_port, positive, read_secret
+
+log = logging.getLogger("batchtunnel.broker")
+
+NAME = "broker"
+HELP = "run the broker (agent endpoint, hub-side ports, admin API)"
+DESCRIPTION = """\
+Run the broker next to JupyterHub. Agents inside batch jobs dial its agent
+endpoint (wss://HOST:PORT/agent); the admin API on loopback creates tunnels and
+exposes them on hub-side ports.
+
+The admin token comes from BATCHTUNNEL_ADMIN_TOKEN or --admin-token-file; if
+that file does not exist yet, a new random token is written to it (mode 0600).
+"""
+
+OPTIONS = [
+    Option("listen", "address of the agent endpoint, HOST:PORT", host_port, "0.0.0.0:8765", metavar="HOST:PORT"),
+    Option("api-listen", "address of the admin API, HOST:PORT (keep it on loopback)", host_port,
+           "127.0.0.1:8766", metavar="HOST:PORT"),
+    Option("cert", "PEM certificate (chain) for the agent endpoint's TLS", metavar="FILE"),
+    Option("key", "PEM private key for --cert", metavar="FILE"),
+    Option("insecure", "accept agents over plain ws:// without TLS (testing only)", flag=True),
+    Option("admin-token-file", "file holding the admin API token; created if missing", metavar="FILE"),
+    Option("database", "SQLite file keeping tunnels and exposures across restarts; ':memory:' keeps nothing",
+           str, "batchtunnel-broker.sqlite", metavar="FILE"),
+    Option("expose-host", "hub-side address that exposures may bind (repeatable); the first is the default",
+           str, ["127.0.0.1"], multiple=True, metavar="ADDR"),
+    Option("handshake-timeout", "seconds an agent has to complete the protocol handshake", positive, 10.0),
+    Option("heartbeat-interval", "seconds between heartbeat PINGs to each agent", positive, 5.0),
+    Option("heartbeat-timeout", "seconds of silence after which an agent's link is declared dead",
+           positive, 15.0),
+    Option("initial-window", "per-stream flow-control window at stream start, bytes", int, 256 * 1024),
+    Option("max-window", "largest a stream's window may grow to, bytes", int, 16 * 1024 * 1024),
+    Option("max-streams", "streams an agent may open towards the broker at once", int, 1024),
+    Option("event-loop", "auto (uvloop if installed), uvloop or asyncio", str, "auto"),
+]
+
+
+def admin_token(values: dict[str, Any]) -> str:
+    path = values["admin_token_file"]
+    if not os.environ.get("BATCHTUNNEL_ADMIN_TOKEN") and path and not os.path.exists(path):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
+        log.info("wrote a new admin token to %s", path)
+    return read_secret("BATCHTUNNEL_ADMIN_TOKEN", path, "admin token")
+
+
+def run(values: dict[str, Any], args: argparse.Namespace) -> int:
+    from .broker import Broker, BrokerConfig  # aiohttp: only needed on the hub side
+
+    listen_host, listen_port = values["listen"]
+    api_host, api_port = values["api_listen"]
+    try:
+        wire = Settings(initial_window=values["initial_window"], max_window=values["max_window"],
+                        max_streams=values["max_streams"], software="batchtunnel-broker")
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"window/stream options: {exc}") from None
+    config = BrokerConfig(
+        admin_token=admin_token(values),
+        listen_host=listen_host, listen_port=listen_port, api_host=api_host, api_port=api_port,
+        cert=values["cert"], key=values["key"], insecure=bool(values["insecure"]),
+        database=values["database"], expose_hosts=values["expose_host"],
+        handshake_timeout=values["handshake_timeout"],
+        heartbeat_interval=values["heartbeat_interval"], heartbeat_timeout=values["heartbeat_timeout"],
+        wire=wire,
+    )
+
+    async def main(stop: asyncio.Event) -> int:
+        broker = Broker(config)
+        try:
+            await broker.start()
+        except OSError as exc:
+            log.error("cannot start: %s", exc)
+            await broker.stop()
+            return 1
+        await stop.wait()
+        log.info("shutting down")
+        await broker.stop()
+        return 0
+
+    return run_loop(main, values["event_loop"])

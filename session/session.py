@@ -1,0 +1,313 @@
+"""TunnelSession: a wire Connection running over a MessageTransport (docs/protocol.md §8)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from ..wire import (
+    Connection,
+    ConnectionTerminated,
+    DataReceived,
+    ErrorCode,
+    GoAwayReceived,
+    InvalidState,
+    PingAcknowledged,
+    SessionStarted,
+    StreamDrained,
+    StreamEnded,
+    StreamOpened,
+    StreamReset,
+)
+from ..wire.exceptions import describe_code
+from .bridge import StreamBridge
+from .tasks import TaskOwner
+from .transport import MessageTransport, TransportClosed
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE = 1024 * 1024
+"""Largest WebSocket message we send; output is cut at any byte (frames may span messages)."""
+
+Acceptor = Callable[["TunnelSession", StreamBridge], Awaitable[None]]
+"""Serves a stream the peer opened: ``accept(session, bridge)`` connects ``bridge.port`` or resets it.
+
+The bridge is registered before the acceptor runs, so data that arrives while
+it connects is kept (bounded by the stream's window, as it is not acknowledged)."""
+
+
+@dataclass
+class SessionClosed:
+    """How a session ended."""
+
+    code: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.reason} ({describe_code(self.code)})"
+
+
+class TunnelSession:
+    """Runs one tunnel session until its transport closes.
+
+    Args:
+        conn: a fresh wire Connection (its HELLO is still queued).
+        transport: the WebSocket, adapted.
+        name: used in log lines and task names (never a secret).
+        accept: serves streams the peer opens; None refuses them.
+        heartbeat_interval: seconds between PINGs.
+        heartbeat_timeout: seconds of silence from the peer after which the link is declared dead.
+    """
+
+    def __init__(
+        self,
+        conn: Connection,
+        transport: MessageTransport,
+        *,
+        name: str,
+        accept: Acceptor | None = None,
+        heartbeat_interval: float = 5.0,
+        heartbeat_timeout: float = 15.0,
+    ) -> None:
+        self.conn = conn
+        self.transport = transport
+        self.name = name
+        self._accept = accept
+        self._interval = heartbeat_interval
+        self._timeout = heartbeat_timeout
+        self._bridges: dict[int, StreamBridge] = {}
+        self._tasks = TaskOwner(f"session {name}")
+        self._wake = asyncio.Event()
+        self._started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._finished = asyncio.Event()
+        self._closing = False
+        self._loop = asyncio.get_running_loop()
+        self._last_heard = self._loop.time()
+        self._ping_ids = itertools.count()
+        self._ping_sent: dict[bytes, float] = {}
+        self.closed: SessionClosed | None = None
+        self.rtt: float | None = None
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.streams_opened = 0
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def run(self) -> SessionClosed:
+        """Run until the transport closes. Never raises for a peer's misbehaviour."""
+        self._tasks.spawn(self._write_loop(), "writer")
+        self._tasks.spawn(self._heartbeat_loop(), "heartbeat")
+        self._kick()
+        try:
+            await self._read_loop()
+        finally:
+            if self.closed is None:
+                self.conn.receive_eof()
+                self._process()
+            await self._flush_and_close()
+            await self._tasks.aclose()
+            for bridge in list(self._bridges.values()):
+                bridge.abort()
+            self._bridges.clear()
+            if not self._started.done():
+                self._started.cancel()
+            self._finished.set()
+        assert self.closed is not None
+        return self.closed
+
+    async def wait_started(self, timeout: float) -> None:
+        """Wait until the HELLO exchange completed.
+
+        Raises:
+            asyncio.TimeoutError: not within ``timeout`` seconds.
+            asyncio.CancelledError: the session ended first.
+        """
+        await asyncio.wait_for(asyncio.shield(self._started), timeout)
+
+    @property
+    def started(self) -> bool:
+        return self._started.done() and not self._started.cancelled()
+
+    async def wait_finished(self) -> None:
+        await self._finished.wait()
+
+    def close(self, code: int = ErrorCode.SHUTTING_DOWN, reason: str = "closing") -> None:
+        """End the session: GOAWAY with ``code``, reset every stream, then close the transport."""
+        self.conn.go_away(code, reason)
+        self._process()
+        self._kick()
+
+    # ------------------------------------------------------ stream commands
+
+    def open_stream_for(self, bridge: StreamBridge, port: int) -> int | None:
+        """Open a stream towards ``port`` for a local connection; None if impossible now."""
+        try:
+            sid = self.conn.open_stream(port)
+        except InvalidState as exc:
+            log.warning("session %s: cannot open a stream to port %d: %s", self.name, port, exc)
+            return None
+        self._bridges[sid] = bridge
+        self.streams_opened += 1
+        self._kick()
+        return sid
+
+    def send(self, stream_id: int, data: bytes) -> bool:
+        self.bytes_out += len(data)
+        ok = self.conn.send_data(stream_id, data)
+        self._kick()
+        return ok
+
+    def end_stream(self, stream_id: int) -> None:
+        self.conn.end_stream(stream_id)
+        self._kick()
+
+    def reset(self, stream_id: int, code: int) -> None:
+        self.conn.reset_stream(stream_id, code)
+        self._bridges.pop(stream_id, None)
+        self._kick()
+
+    def acknowledge(self, stream_id: int, length: int) -> None:
+        self.conn.acknowledge_received(stream_id, length)
+        self._kick()
+
+    def forget(self, bridge: StreamBridge) -> None:
+        if bridge.stream_id is not None and self._bridges.get(bridge.stream_id) is bridge:
+            del self._bridges[bridge.stream_id]
+
+    @property
+    def stream_count(self) -> int:
+        return len(self.conn.stream_ids())
+
+    # -------------------------------------------------------------- loops
+
+    async def _read_loop(self) -> None:
+        while self.closed is None:
+            message = await self.transport.receive()
+            if message is None:
+                return
+            self._last_heard = self._loop.time()
+            self.bytes_in += len(message)
+            self.conn.receive_data(message)
+            self._process()
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if not await self._send_pending():
+                return
+            if self.closed is not None:  # we ended the session: GOAWAY is out, now close
+                await self.transport.close(_close_code(self.closed.code), self.closed.reason[:120])
+                return
+
+    async def _send_pending(self) -> bool:
+        """Send everything the connection has queued; False if the transport is gone."""
+        while data := self.conn.data_to_send():
+            try:
+                for start in range(0, len(data), MAX_MESSAGE):
+                    await self.transport.send(data[start:start + MAX_MESSAGE])
+            except TransportClosed:
+                self.transport.abort()
+                return False
+        return True
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            silent = self._loop.time() - self._last_heard
+            if silent > self._timeout:
+                log.warning(
+                    "session %s: nothing heard for %.1f s (timeout %.1f s); dropping the link",
+                    self.name, silent, self._timeout,
+                )
+                self.conn.go_away(ErrorCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
+                self._process()
+                self.transport.abort()
+                return
+            payload = next(self._ping_ids).to_bytes(8, "big")
+            self._ping_sent = {payload: self._loop.time()}
+            self.conn.ping(payload)
+            self._kick()
+
+    async def _flush_and_close(self) -> None:
+        self._closing = True
+        try:
+            await asyncio.wait_for(self._send_pending(), 2.0)
+        except (asyncio.TimeoutError, TransportClosed):
+            pass
+        assert self.closed is not None
+        await self.transport.close(_close_code(self.closed.code), self.closed.reason[:120])
+
+    def _kick(self) -> None:
+        self._wake.set()
+
+
+    # -------------------------------------------------------------- events
+
+    def _process(self) -> None:
+        for event in self.conn.events_received():
+            if isinstance(event, DataReceived):
+                bridge = self._bridges.get(event.stream_id)
+                if bridge is not None:
+                    bridge.deliver(event.data)
+            elif isinstance(event, StreamDrained):
+                bridge = self._bridges.get(event.stream_id)
+                if bridge is not None:
+                    bridge.drained()
+            elif isinstance(event, StreamEnded):
+                bridge = self._bridges.get(event.stream_id)
+                if bridge is not None:
+                    bridge.peer_ended()
+            elif isinstance(event, StreamReset):
+                bridge = self._bridges.pop(event.stream_id, None)
+                if bridge is not None:
+                    bridge.abort()
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("session %s: stream %d reset (%s)", self.name, event.stream_id,
+                              describe_code(event.code))
+            elif isinstance(event, StreamOpened):
+                self._on_stream_opened(event.stream_id, event.port)
+            elif isinstance(event, PingAcknowledged):
+                sent = self._ping_sent.pop(event.payload, None)
+                if sent is not None:
+                    self.rtt = self._loop.time() - sent
+            elif isinstance(event, SessionStarted):
+                if not self._started.done():
+                    self._started.set_result(None)
+            elif isinstance(event, GoAwayReceived):
+                log.info("session %s: peer is going away: %s (%s)", self.name, event.reason or "-",
+                         describe_code(event.code))
+            elif isinstance(event, ConnectionTerminated):
+                self.closed = SessionClosed(event.code, event.reason)
+                if event.local and self.conn.error is not None:
+                    log.warning("session %s: peer broke the protocol: %s", self.name, event.reason)
+        self._kick()
+
+    def _on_stream_opened(self, stream_id: int, port: int) -> None:
+        if self._accept is None:
+            self.conn.reset_stream(stream_id, ErrorCode.REFUSED_STREAM)
+            return
+        self.streams_opened += 1
+        bridge = StreamBridge(self, stream_id, port)
+        self._bridges[stream_id] = bridge
+        self._tasks.spawn(self._accept(self, bridge), f"accept {stream_id}")
+
+
+async def serve_local(session: TunnelSession, bridge: StreamBridge, host: str, timeout: float) -> None:
+    """Connect a stream the peer opened to ``host:bridge.port``; reset it with CONNECT_FAILED on failure."""
+    assert bridge.stream_id is not None
+    loop = asyncio.get_running_loop()
+    try:
+        await asyncio.wait_for(loop.create_connection(lambda: bridge, host, bridge.port), timeout)
+    except (OSError, asyncio.TimeoutError) as exc:
+        log.info("session %s: stream %d: cannot connect to %s:%d: %s", session.name, bridge.stream_id,
+                 host, bridge.port, exc or "timed out")
+        session.reset(bridge.stream_id, ErrorCode.CONNECT_FAILED)
+
+
+def _close_code(code: int) -> int:
+    """WebSocket close code for a wire error code (docs/protocol.md §6)."""
+    return 4000 + code if 0 < code < 1000 else 1000
