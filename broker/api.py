@@ -119,6 +119,7 @@ class Api:
             return _error(400, "port must be an integer 0-65535 (0: any free port)")
         if not _is_port(rport, allow_zero=False):
             return _error(400, "rport must be an integer 1-65535: the port on the agent's node")
+        assert isinstance(port, int) and isinstance(rport, int)
         for other in self.registry.tunnels.values():
             existing = other.exposures.get((host, port))
             if existing is None or port == 0:

@@ -9,9 +9,9 @@ import os
 import secrets
 from typing import Any
 
-from .wire import ConfigurationError, Settings
 from .event_loop import run as run_loop
 from .options import Option, host_port, positive, read_secret
+from .wire import ConfigurationError, Settings
 
 log = logging.getLogger("batchtunnel.broker")
 

@@ -6,8 +6,8 @@ import argparse
 import os
 from typing import Any
 
-from .wire import ConfigurationError
 from .options import Option
+from .wire import ConfigurationError
 
 NAME = "certs"
 HELP = "create and inspect the CA and the broker certificate"
@@ -31,10 +31,13 @@ OPTIONS = [
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=["init", "show", "renew"])
+    parser.add_argument("action", choices=["init", "show", "renew"],
+                        help="init: new CA and broker certificate; show: inspect; renew: new broker certificate")
 
 
 def run(values: dict[str, Any], args: argparse.Namespace) -> int:
+    from cryptography import x509
+
     from .certs import authority as ca
 
     d = values["dir"]
@@ -67,9 +70,9 @@ def run(values: dict[str, Any], args: argparse.Namespace) -> int:
                 print(f"  valid until {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
                 print(f"  fingerprint {ca.fingerprint(cert)}")
                 try:
-                    sans = cert.extensions.get_extension_for_class(ca.x509.SubjectAlternativeName)
+                    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
                     print(f"  SANs {', '.join(str(v.value) for v in sans.value)}")
-                except ca.x509.ExtensionNotFound:
+                except x509.ExtensionNotFound:
                     pass
     except (OSError, ValueError) as exc:
         if isinstance(exc, ConfigurationError):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .wire import ConfigurationError
 from .options import Option, port_number, positive, read_secret
+from .wire import ConfigurationError
 
 NAME = "connect"
 HELP = "expose a tunnel on a hub-side port and stay in the foreground while it is healthy"

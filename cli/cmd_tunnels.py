@@ -8,8 +8,8 @@ import os
 import sys
 from typing import Any
 
-from .wire import ConfigurationError
 from .cmd_connect import API_OPTIONS, client
+from .wire import ConfigurationError
 
 NAME = "tunnels"
 HELP = "create, list, show or delete tunnels at the broker"
@@ -26,7 +26,7 @@ OPTIONS = API_OPTIONS
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=["create", "list", "show", "delete"])
+    parser.add_argument("action", choices=["create", "list", "show", "delete"], help="what to do")
     parser.add_argument("id", nargs="?", help="tunnel id (show, delete)")
     parser.add_argument("--name", default="", help="create: a label for the tunnel (e.g. the user)")
     parser.add_argument("--token-out", metavar="FILE", help="create: file to write the new token to (0600)")

@@ -20,10 +20,9 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from . import __version__
-from .wire import ConfigurationError
-from . import cmd_agent, cmd_broker, cmd_certs, cmd_connect, cmd_tunnels
+from . import __version__, cmd_agent, cmd_broker, cmd_certs, cmd_connect, cmd_tunnels
 from .options import add_options, load_file, resolve
+from .wire import ConfigurationError
 
 COMMANDS: list[ModuleType] = [cmd_broker, cmd_agent, cmd_connect, cmd_tunnels, cmd_certs]
 
@@ -43,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(module.NAME, help=module.HELP, description=module.DESCRIPTION,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--config", metavar="FILE", default=os.environ.get("BATCHTUNNEL_CONFIG"),
-                       help="TOML config file; section [%s] [env BATCHTUNNEL_CONFIG]" % module.NAME)
+                       help=f"TOML config file; section [{module.NAME}] [env BATCHTUNNEL_CONFIG]")
         p.add_argument("--log-level", default=os.environ.get("BATCHTUNNEL_LOG_LEVEL", "INFO"),
                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                        help="log verbosity [env BATCHTUNNEL_LOG_LEVEL; default: INFO]")

@@ -23,7 +23,7 @@ from typing import Any
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
-    import tomli as tomllib
+    import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
 
 from .wire import ConfigurationError
 
@@ -36,7 +36,7 @@ class Option:
 
     name: str
     help: str
-    type: Callable[[str], Any] = str
+    type: Callable[[Any], Any] = str
     default: Any = None
     flag: bool = False      # a boolean switch
     multiple: bool = False  # may be given several times (env/file: comma-separated / list)
@@ -75,7 +75,8 @@ def load_file(path: str | None) -> dict[str, Any]:
         return {}
     try:
         with open(path, "rb") as f:
-            return tomllib.load(f)
+            loaded: dict[str, Any] = tomllib.load(f)
+            return loaded
     except OSError as exc:
         raise ConfigurationError(f"cannot read config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
@@ -129,7 +130,7 @@ def _convert(opt: Option, raw: Any, where: str) -> Any:
         if opt.multiple:
             items = raw if isinstance(raw, list) else [p for p in str(raw).split(",") if p.strip()]
             return [opt.type(str(item).strip()) for item in items]
-        return opt.type(str(raw) if not isinstance(raw, (int, float)) else raw)
+        return opt.type(raw if isinstance(raw, (int, float)) and opt.type is not str else str(raw))
     except (ValueError, TypeError, ConfigurationError) as exc:
         raise ConfigurationError(f"{where}: invalid value {raw!r} for --{opt.name} ({exc})") from None
 

@@ -47,13 +47,13 @@ class StreamBridge(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
         if self._done:  # reset while we were connecting
-            transport.abort()
+            self.transport.abort()
             return
         if self.stream_id is None:
             sid = self.session.open_stream_for(self, self.port)
             if sid is None:
                 self._done = True
-                transport.abort()
+                self.transport.abort()
                 return
             self.stream_id = sid
         early, self._early = self._early, []

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from ..wire import (
     Connection,
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE = 1024 * 1024
 """Largest WebSocket message we send; output is cut at any byte (frames may span messages)."""
 
-Acceptor = Callable[["TunnelSession", StreamBridge], Awaitable[None]]
+Acceptor = Callable[["TunnelSession", StreamBridge], Coroutine[Any, Any, None]]
 """Serves a stream the peer opened: ``accept(session, bridge)`` connects ``bridge.port`` or resets it.
 
 The bridge is registered before the acceptor runs, so data that arrives while

@@ -111,10 +111,10 @@ def decode_hello(payload: bytes, local: Settings) -> Negotiated:
     features = body.get("features", [])
     if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
         raise ProtocolError("HELLO features must be a list of strings")
-    numbers = {}
+    numbers: dict[str, int] = {}
     for key in ("initial_window", "max_window", "max_frame", "max_streams"):
         value = body.get(key)
-        if not _is_int(value):
+        if not isinstance(value, int) or isinstance(value, bool):
             raise ProtocolError(f"HELLO {key} must be an integer")
         numbers[key] = value
     software = body.get("software", "")

@@ -6,7 +6,6 @@ import json
 import struct
 
 import pytest
-
 from batchtunnel.wire import (
     Connection,
     ConnectionTerminated,

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
-
 from batchtunnel.wire import (
     Connection,
     ConnectionTerminated,
@@ -18,6 +14,9 @@ from batchtunnel.wire import (
 )
 from batchtunnel.wire.frames import HEADER, Frame, FrameType, check_header, serialize
 from batchtunnel.wire.hello import encode_hello
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from .pair import Pair
 

@@ -1,0 +1,118 @@
+"""A running broker (real process, real TLS) and agents, as the tunnel tests use them."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from batchtunnel.broker.client import BrokerClient
+
+from .processes import BIN, Proc, ProcessGroup, free_port, wait_until
+
+ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
+
+
+@dataclass
+class Pki:
+    dir: Path
+
+    @property
+    def ca(self) -> str:
+        return str(self.dir / "ca.pem")
+
+    @property
+    def cert(self) -> str:
+        return str(self.dir / "broker.pem")
+
+    @property
+    def key(self) -> str:
+        return str(self.dir / "broker-key.pem")
+
+
+def make_pki(directory: Path) -> Pki:
+    from batchtunnel.certs import authority as ca
+
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_cert, ca_key = ca.create_ca()
+    cert, key = ca.issue_server(ca_cert, ca_key, ["localhost"], ["127.0.0.1"])
+    ca.write_pem(str(directory / "ca.pem"), ca.cert_pem(ca_cert), False, True)
+    ca.write_pem(str(directory / "broker.pem"), ca.cert_pem(cert), False, True)
+    ca.write_pem(str(directory / "broker-key.pem"), ca.key_pem(key), True, True)
+    return Pki(directory)
+
+
+class BrokerProcess:
+    """``batchtunnel broker`` on free loopback ports with TLS and an SQLite file."""
+
+    def __init__(self, procs: ProcessGroup, pki: Pki, workdir: Path, *extra: str) -> None:
+        self.procs = procs
+        self.pki = pki
+        self.workdir = workdir
+        self.extra = list(extra)
+        self.agent_port = free_port()
+        self.api_port = free_port()
+        self.database = str(workdir / "broker.sqlite")
+        self.client = BrokerClient(self.api_url, ADMIN_TOKEN)
+        self.proc: Proc | None = None
+        self.starts = 0
+        self.start()
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def agent_url(self) -> str:
+        return f"wss://localhost:{self.agent_port}/agent"
+
+    def start(self) -> None:
+        self.starts += 1
+        self.proc = self.procs.start(
+            f"broker-{self.starts}",
+            [str(BIN / "batchtunnel"), "broker", "--listen", f"127.0.0.1:{self.agent_port}",
+             "--api-listen", f"127.0.0.1:{self.api_port}", "--cert", self.pki.cert, "--key", self.pki.key,
+             "--database", self.database, *self.extra],
+            env={"BATCHTUNNEL_ADMIN_TOKEN": ADMIN_TOKEN},
+        )
+        wait_until(self.healthy, 15, "the broker to answer /health")
+
+    def healthy(self) -> bool:
+        with urllib.request.urlopen(self.api_url + "/health", timeout=1) as resp:
+            return bool(json.load(resp)["status"] == "ok")
+
+    def tunnel(self, tunnel_id: str) -> dict[str, Any]:
+        return self.client.tunnel(tunnel_id)
+
+    def agent_connected(self, tunnel_id: str) -> bool:
+        return bool(self.tunnel(tunnel_id)["agent"]["connected"])
+
+    def start_agent(self, token: str, name: str = "agent", *extra: str, wait: bool = True,
+                    tunnel_id: str | None = None) -> Proc:
+        proc = self.procs.start(
+            name,
+            [str(BIN / "batchtunnel"), "agent", "--url", self.agent_url, "--cafile", self.pki.ca, *extra],
+            env={"BATCHTUNNEL_TOKEN": token},
+        )
+        if wait:
+            assert tunnel_id is not None
+            wait_until(lambda: self.agent_connected(tunnel_id), 15, f"{name} to connect")
+        return proc
+
+
+def target_server(procs: ProcessGroup, name: str = "target") -> tuple[Proc, int]:
+    """The multi-purpose TCP server standing in for a notebook (tests/support/target_server.py)."""
+    port = free_port()
+    proc = procs.start(name, [str(BIN / "python"), "-m", "tests.support.target_server", str(port)],
+                       cwd=Path(__file__).resolve().parents[2])
+    from .processes import port_open
+
+    wait_until(lambda: port_open(port), 10, "the target server to listen")
+    return proc, port
+
+
+def env_without_secrets() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("BATCHTUNNEL_")}

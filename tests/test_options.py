@@ -1,0 +1,84 @@
+"""Configuration precedence: flag > environment > config file > default."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+from batchtunnel.main import build_parser, main
+from batchtunnel.options import Option, add_options, load_file, read_secret, resolve
+from batchtunnel.wire import ConfigurationError
+
+OPTIONS = [
+    Option("listen", "address", str, "default:1"),
+    Option("timeout", "seconds", float, 5.0),
+    Option("insecure", "switch", flag=True),
+    Option("allow-port", "ports", int, [], multiple=True),
+]
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_options(parser, OPTIONS)
+    return parser.parse_args(argv)
+
+
+def test_precedence_flag_env_file_default() -> None:
+    file = {"agent": {"listen": "file:3", "timeout": 7, "insecure": True, "allow_port": [1, 2]}}
+    env = {"BATCHTUNNEL_LISTEN": "env:2", "BATCHTUNNEL_ALLOW_PORT": "5,6"}
+    values = resolve(OPTIONS, parse(["--listen", "flag:1"]), "agent", file, env)
+    assert values == {"listen": "flag:1", "timeout": 7.0, "insecure": True, "allow_port": [5, 6]}
+    values = resolve(OPTIONS, parse([]), "agent", file, env)
+    assert values["listen"] == "env:2"
+    values = resolve(OPTIONS, parse([]), "agent", {}, {})
+    assert values == {"listen": "default:1", "timeout": 5.0, "insecure": None, "allow_port": []}
+
+
+def test_bad_values_name_their_source() -> None:
+    with pytest.raises(ConfigurationError, match="environment variable BATCHTUNNEL_TIMEOUT"):
+        resolve(OPTIONS, parse([]), "agent", {}, {"BATCHTUNNEL_TIMEOUT": "soon"})
+    with pytest.raises(ConfigurationError, match=r"unknown option\(s\) in \[agent\]: tiemout"):
+        resolve(OPTIONS, parse([]), "agent", {"agent": {"tiemout": 1}}, {})
+
+
+def test_config_file_errors_are_clear(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[agent\n")
+    with pytest.raises(ConfigurationError, match="not valid TOML"):
+        load_file(str(bad))
+    with pytest.raises(ConfigurationError, match="cannot read config file"):
+        load_file(str(tmp_path / "missing.toml"))
+
+
+def test_secrets_come_from_env_or_file_never_argv(tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_text("from-file\n")
+    assert read_secret("X_TOKEN", str(path), "token", {}) == "from-file"
+    assert read_secret("X_TOKEN", str(path), "token", {"X_TOKEN": "from-env"}) == "from-env"
+    with pytest.raises(ConfigurationError, match="set X_TOKEN"):
+        read_secret("X_TOKEN", None, "token", {})
+    for command in ("agent", "broker", "connect"):
+        helptext = build_parser()._subparsers._group_actions[0].choices[command].format_help()  # type: ignore[union-attr]
+        assert "--token " not in helptext and "--admin-token " not in helptext
+
+
+def test_every_option_has_help() -> None:
+    parser = build_parser()
+    for name, sub in parser._subparsers._group_actions[0].choices.items():  # type: ignore[union-attr]
+        for action in sub._actions:
+            assert action.help, f"{name} {action.option_strings} has no help"
+
+
+def test_cli_reports_configuration_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("BATCHTUNNEL_TOKEN", raising=False)
+    assert main(["agent", "--url", "wss://example.org/agent"]) == 2
+    assert "no tunnel token: set BATCHTUNNEL_TOKEN" in capsys.readouterr().err
+    # A plain ws:// URL from the config file is refused without --insecure.
+    config = tmp_path / "c.toml"
+    config.write_text('[agent]\nurl = "ws://example.org/agent"\n')
+    monkeypatch.setenv("BATCHTUNNEL_TOKEN", "tabc.def")
+    assert main(["agent", "--config", str(config)]) == 2
+    assert "TLS is required unless --insecure" in capsys.readouterr().err

@@ -1,0 +1,178 @@
+"""Agents coming and going: credentials, broker restarts, dead links, wrapped commands, connect."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.support.link import FreezableLink
+from tests.support.processes import BIN, ProcessGroup, free_port, port_open, wait_until
+from tests.support.tunnel import ADMIN_TOKEN, BrokerProcess, Pki, target_server
+
+from . import client
+
+
+@pytest.fixture
+def broker(procs: ProcessGroup, pki: Pki, tmp_path: Path) -> BrokerProcess:
+    return BrokerProcess(procs, pki, tmp_path)
+
+
+async def test_wrong_token_is_refused(broker: BrokerProcess, procs: ProcessGroup) -> None:
+    tunnel = broker.client.create_tunnel("victim")
+    agent = broker.start_agent(tunnel["id"] + ".not-the-secret", "bad-agent", wait=False)
+    wait_until(lambda: "refused this agent's credential" in agent.log(), 15, "the agent to report refusal")
+    assert "refused: unknown tunnel or wrong credential" in broker.proc.log()  # type: ignore[union-attr]
+    assert not broker.agent_connected(tunnel["id"])
+    # The same at the HTTP level: no WebSocket is ever upgraded without a valid credential.
+    async with aiohttp.ClientSession() as http:
+        for header in ({}, {"Authorization": "Bearer garbage"}):
+            with pytest.raises(aiohttp.WSServerHandshakeError) as exc:
+                await http.ws_connect(broker.agent_url, headers=header, ssl=False)
+            assert exc.value.status == 401
+
+
+async def test_agent_reconnects_after_broker_kill9_and_old_port_answers(
+    broker: BrokerProcess, procs: ProcessGroup
+) -> None:
+    _, target_port = target_server(procs)
+    tunnel = broker.client.create_tunnel("survivor")
+    broker.start_agent(tunnel["token"], "agent", "--backoff-max", "1", tunnel_id=tunnel["id"])
+    port = broker.client.expose(tunnel["id"], 0, target_port)["port"]
+    assert await client.echo(port, b"before") == b"before"
+
+    assert broker.proc is not None
+    broker.proc.kill9()
+    assert not port_open(port)
+    broker.start()
+    wait_until(lambda: broker.agent_connected(tunnel["id"]), 15, "the agent to reconnect")
+    assert await asyncio.wait_for(client.echo(port, b"after"), 10) == b"after"
+
+
+async def test_heartbeat_detects_a_silently_dead_link(broker: BrokerProcess, procs: ProcessGroup) -> None:
+    _, target_port = target_server(procs)
+    tunnel = broker.client.create_tunnel("flaky")
+    link = FreezableLink(broker.agent_port)
+    await link.start()
+    try:
+        agent = procs.start(
+            "agent",
+            [str(BIN / "batchtunnel"), "agent", "--url", f"wss://localhost:{link.port}/agent",
+             "--cafile", broker.pki.ca, "--heartbeat-interval", "0.3", "--heartbeat-timeout", "1.5",
+             "--backoff-initial", "0.2", "--backoff-max", "1"],
+            env={"BATCHTUNNEL_TOKEN": tunnel["token"]},
+        )
+        await _until(lambda: broker.agent_connected(tunnel["id"]), 15, "the agent to connect")
+        port = broker.client.expose(tunnel["id"], 0, target_port)["port"]
+        first = broker.tunnel(tunnel["id"])["agent"]["connected_since"]
+        assert await client.echo(port, b"x") == b"x"
+
+        link.freeze()  # nothing moves any more, yet no connection is closed
+        await _until(lambda: "nothing heard" in agent.log(), 10, "the agent's heartbeat to notice")
+        await _until(
+            lambda: broker.tunnel(tunnel["id"])["agent"]["connected_since"] not in (None, first),
+            15, "a new agent connection",
+        )
+        assert link.connections >= 2
+        assert await asyncio.wait_for(client.echo(port, b"y"), 10) == b"y"
+    finally:
+        await link.close()
+
+
+async def _until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    """Like wait_until, but lets this event loop run (the link lives in it)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            if predicate():
+                return
+        except Exception:
+            pass
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def test_agent_wraps_command_forwards_sigterm_and_exits_with_its_status(
+    broker: BrokerProcess, procs: ProcessGroup, tmp_path: Path
+) -> None:
+    marker = tmp_path / "marker"
+    script = (
+        "import signal, sys, time\n"
+        f"def on_term(*a):\n    open({str(marker)!r}, 'w').write('TERM'); sys.exit(42)\n"
+        "signal.signal(signal.SIGTERM, on_term)\n"
+        "print('child ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    tunnel = broker.client.create_tunnel("wrapper")
+    agent = broker.start_agent(tunnel["token"], "agent", "--", sys.executable, "-c", script,
+                               tunnel_id=tunnel["id"])
+    wait_until(lambda: "child ready" in agent.log(), 10, "the wrapped command to start")
+    agent.signal(signal.SIGTERM)
+    assert agent.wait(10) == 42
+    assert marker.read_text() == "TERM"
+
+
+def test_wrapped_command_runs_even_when_broker_unreachable(procs: ProcessGroup, pki: Pki) -> None:
+    agent = procs.start(
+        "agent",
+        [str(BIN / "batchtunnel"), "agent", "--url", f"wss://localhost:{free_port()}/agent",
+         "--cafile", pki.ca, "--", sys.executable, "-c", "import sys; print('ran'); sys.exit(7)"],
+        env={"BATCHTUNNEL_TOKEN": "tabc.def"},
+    )
+    assert agent.wait(15) == 7
+    assert "ran" in agent.log()
+
+
+def _connect(procs: ProcessGroup, broker: BrokerProcess, *args: str, name: str = "connect"):  # type: ignore[no-untyped-def]
+    return procs.start(
+        name, [str(BIN / "batchtunnel"), "connect", "--api-url", broker.api_url, *args],
+        env={"BATCHTUNNEL_ADMIN_TOKEN": ADMIN_TOKEN},
+    )
+
+
+async def test_connect_exposes_and_exits_cleanly_on_sigterm(broker: BrokerProcess, procs: ProcessGroup) -> None:
+    _, target_port = target_server(procs)
+    tunnel = broker.client.create_tunnel("c1")
+    broker.start_agent(tunnel["token"], tunnel_id=tunnel["id"])
+    port = free_port()
+    proc = _connect(procs, broker, "--tunnel", tunnel["id"], "--port", str(port), "--rport", str(target_port))
+    wait_until(lambda: port_open(port), 10, "connect to expose the port")
+    assert await client.echo(port, b"hello") == b"hello"
+    proc.signal(signal.SIGTERM)
+    assert proc.wait(10) == 0
+    assert broker.tunnel(tunnel["id"])["exposures"] == []
+    assert not port_open(port)
+
+
+def test_connect_exits_3_when_tunnel_deleted(broker: BrokerProcess, procs: ProcessGroup) -> None:
+    tunnel = broker.client.create_tunnel("c2")
+    broker.start_agent(tunnel["token"], tunnel_id=tunnel["id"])
+    proc = _connect(procs, broker, "--tunnel", tunnel["id"], "--rport", "9", "--poll-interval", "0.2")
+    wait_until(lambda: broker.tunnel(tunnel["id"])["exposures"], 10, "the exposure")
+    broker.client.delete_tunnel(tunnel["id"])
+    assert proc.wait(10) == 3
+    assert "was deleted" in proc.log()
+
+
+def test_connect_exits_5_when_agent_gone_past_grace(broker: BrokerProcess, procs: ProcessGroup) -> None:
+    tunnel = broker.client.create_tunnel("c3")
+    agent = broker.start_agent(tunnel["token"], tunnel_id=tunnel["id"])
+    proc = _connect(procs, broker, "--tunnel", tunnel["id"], "--rport", "9", "--poll-interval", "0.2",
+                    "--grace", "1")
+    wait_until(lambda: broker.tunnel(tunnel["id"])["exposures"], 10, "the exposure")
+    assert proc.alive()
+    agent.stop()
+    assert proc.wait(15) == 5
+    assert "agent disconnected for more than" in proc.log()
+
+
+def test_connect_exits_2_for_unknown_tunnel(broker: BrokerProcess, procs: ProcessGroup) -> None:
+    proc = _connect(procs, broker, "--tunnel", "tnope", "--rport", "9")
+    assert proc.wait(10) == 2
+    assert "no tunnel 'tnope'" in proc.log()
