@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Every test: lint, types, then pytest (wire properties, real processes, real TLS, jupyter_server).
+# For a fresh Debian machine as root; installs what it needs and is idempotent.
+#   scripts/test.sh [PYTEST ARGS...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh test,broker,fast
+echo "== ruff"
+.venv/bin/ruff check .
+echo "== mypy --strict"
+scripts/typecheck.sh
+echo "== pytest"
+exec .venv/bin/python -m pytest "$@"
