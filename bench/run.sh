@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Install what the benchmark needs (openssh-server for ssh -L), then run it. Arguments go to bench/run.py.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SETUP_APT="openssh-server openssh-client" scripts/setup.sh test,broker,fast
+exec .venv/bin/python bench/run.py "$@"
