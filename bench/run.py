@@ -340,10 +340,10 @@ def main() -> None:
 
 def render(report: dict) -> str:  # type: ignore[type-arg]
     def cell(s: dict[str, float], fmt: str = ".0f") -> str:
-        return f"{s['median']:{fmt}} ({s['min']:{fmt}}–{s['max']:{fmt}})"
+        return f"{s['median']:{fmt}} ({s['min']:{fmt}}-{s['max']:{fmt}})"
 
     lines = [
-        f"Run {report['date']} on {report['machine']}; {report['rounds']} rounds, median (min–max). "
+        f"Run {report['date']} on {report['machine']}; {report['rounds']} rounds, median (min-max). "
         f"One stream: {report['sizes']['one_stream_bytes'] // MIB} MiB download; 16 streams x "
         f"{report['sizes']['per_stream_bytes_x16'] // MIB} MiB; {report['sizes']['round_trips']} round trips "
         f"of 100 B. CPU: seconds used by the tunnel's processes for one round of all three; RSS: peak (VmHWM).",
@@ -352,8 +352,8 @@ def render(report: dict) -> str:  # type: ignore[type-arg]
         "|---|---|---|---|---|---|---|",
     ]
     for name, rec in report["paths"].items():
-        cpu = cell(rec["cpu_s"], ".1f") if name != "direct TCP" else "–"
-        rss = f"{rec['peak_rss_mib']:.0f}" if name != "direct TCP" else "–"
+        cpu = cell(rec["cpu_s"], ".1f") if name != "direct TCP" else "-"
+        rss = f"{rec['peak_rss_mib']:.0f}" if name != "direct TCP" else "-"
         lines.append(f"| {name} | {cell(rec['one_mb_s'])} | {cell(rec['many_mb_s'])} | {cell(rec['rtt_p50_us'])} | "
                      f"{cell(rec['rtt_p99_us'])} | {cpu} | {rss} |")
     st, idle = report["stalled"], report["idle_agents"]

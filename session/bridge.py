@@ -1,7 +1,8 @@
 """One tunnel stream bridged to one local TCP connection, with backpressure both ways.
 
-Reading: local bytes go to ``Connection.send_data``; when the stream's window is
-used up the socket is paused until ``StreamDrained``.
+Reading: local bytes go to ``Connection.send_data``; the socket is paused while
+the stream's window is used up (until ``StreamDrained``) or while the session's
+output is backed up (until the writer takes it: see ``TunnelSession.send``).
 Writing: peer bytes are written to the socket and acknowledged (granting the
 peer more credit) only while the socket's write buffer is below its high-water
 mark; otherwise the acknowledgement waits for ``resume_writing``.
@@ -40,6 +41,8 @@ class StreamBridge(asyncio.Protocol):
         self._local_eof = False
         self._peer_eof = False
         self._done = False
+        self.window_blocked = False  # reading paused: the stream's send window is spent
+        self.congested = False       # reading paused: the session's output is backed up
 
     # -- asyncio.Protocol: the local socket
 
@@ -66,7 +69,7 @@ class StreamBridge(asyncio.Protocol):
         if self._done or self.stream_id is None:
             return
         try:
-            if not self.session.send(self.stream_id, data):
+            if not self.session.send(self, data):
                 assert self.transport is not None
                 self.transport.pause_reading()
         except InvalidState:
@@ -122,9 +125,9 @@ class StreamBridge(asyncio.Protocol):
         if self.transport is not None:
             self._finish_writing()
 
-    def drained(self) -> None:
-        """Our queued data went out; read the local socket again."""
-        if self.transport is not None and not self._done:
+    def maybe_resume(self) -> None:
+        """Read the local socket again unless something still holds it back."""
+        if not (self.window_blocked or self.congested or self._done) and self.transport is not None:
             self.transport.resume_reading()
 
     def abort(self) -> None:

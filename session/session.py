@@ -33,6 +33,12 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE = 1024 * 1024
 """Largest WebSocket message we send; output is cut at any byte (frames may span messages)."""
 
+OUTPUT_HIGH = 1024 * 1024
+"""Queued output above which local sockets stop being read until the writer takes the queue.
+
+Windows bound what the *peer* must buffer; this bounds what *we* buffer when the
+WebSocket drains slower than local sockets fill it."""
+
 Acceptor = Callable[["TunnelSession", StreamBridge], Coroutine[Any, Any, None]]
 """Serves a stream the peer opened: ``accept(session, bridge)`` connects ``bridge.port`` or resets it.
 
@@ -80,6 +86,7 @@ class TunnelSession:
         self._interval = heartbeat_interval
         self._timeout = heartbeat_timeout
         self._bridges: dict[int, StreamBridge] = {}
+        self._congested: list[StreamBridge] = []
         self._tasks = TaskOwner(f"session {name}")
         self._wake = asyncio.Event()
         self._started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -155,11 +162,17 @@ class TunnelSession:
         self._kick()
         return sid
 
-    def send(self, stream_id: int, data: bytes) -> bool:
+    def send(self, bridge: StreamBridge, data: bytes) -> bool:
+        """Send local data on ``bridge``'s stream. False: pause reading until ``bridge.maybe_resume()``."""
+        assert bridge.stream_id is not None
         self.bytes_out += len(data)
-        ok = self.conn.send_data(stream_id, data)
+        if not self.conn.send_data(bridge.stream_id, data):
+            bridge.window_blocked = True
+        if self.conn.bytes_to_send > OUTPUT_HIGH and not bridge.congested:
+            bridge.congested = True
+            self._congested.append(bridge)
         self._kick()
-        return ok
+        return not (bridge.window_blocked or bridge.congested)
 
     def end_stream(self, stream_id: int) -> None:
         self.conn.end_stream(stream_id)
@@ -207,6 +220,11 @@ class TunnelSession:
     async def _send_pending(self) -> bool:
         """Send everything the connection has queued; False if the transport is gone."""
         while data := self.conn.data_to_send():
+            if self._congested:  # the queue is taken: let the paused sockets refill it meanwhile
+                congested, self._congested = self._congested, []
+                for bridge in congested:
+                    bridge.congested = False
+                    bridge.maybe_resume()
             try:
                 for start in range(0, len(data), MAX_MESSAGE):
                     await self.transport.send(data[start:start + MAX_MESSAGE])
@@ -257,7 +275,8 @@ class TunnelSession:
             elif isinstance(event, StreamDrained):
                 bridge = self._bridges.get(event.stream_id)
                 if bridge is not None:
-                    bridge.drained()
+                    bridge.window_blocked = False
+                    bridge.maybe_resume()
             elif isinstance(event, StreamEnded):
                 bridge = self._bridges.get(event.stream_id)
                 if bridge is not None:

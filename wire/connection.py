@@ -99,6 +99,7 @@ class Connection:
         self._goaway_received_last: int | None = None
         self._in = bytearray()
         self._out: list[Buffer] = []
+        self._out_size = 0
         self._events: list[Event] = []
         self._queue(FrameType.HELLO, 0, 0, encode_hello(self.settings))
 
@@ -137,7 +138,13 @@ class Connection:
             return b""
         out = b"".join(self._out)
         self._out.clear()
+        self._out_size = 0
         return out
+
+    @property
+    def bytes_to_send(self) -> int:
+        """How many bytes :meth:`data_to_send` would return now (for backpressure)."""
+        return self._out_size
 
     # ------------------------------------------------------------- commands
 
@@ -408,6 +415,7 @@ class Connection:
             last = not pending and not stream.send_open
             self._out.append(HEADER.pack(FrameType.DATA, Flag.FIN if last else 0, sid, n))
             self._out.append(chunk)
+            self._out_size += HEADER_SIZE + n
             if last:
                 stream.fin_sent = True
         if not pending:
@@ -445,6 +453,7 @@ class Connection:
 
     def _queue(self, type_: FrameType, flags: int, sid: int, payload: bytes) -> None:
         self._out.append(HEADER.pack(type_, flags, sid, len(payload)))
+        self._out_size += HEADER_SIZE + len(payload)
         if payload:
             self._out.append(payload)
 
