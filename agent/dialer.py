@@ -10,13 +10,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidHandshake, InvalidStatus
-
 from .. import __version__
-from ..session import StreamBridge, TunnelSession, serve_local
+from ..session import HandshakeRejected, StreamBridge, TunnelSession, WebSocketLink, serve_local
 from ..wire import ConfigurationError, Connection, ErrorCode, Settings, Side
-from .transport import WebsocketsTransport
 
 log = logging.getLogger(__name__)
 
@@ -100,42 +96,37 @@ class Agent:
 
     async def _connect_once(self, ssl_context: ssl.SSLContext | None) -> bool:
         """One connection attempt; True if a session was established."""
-        try:
-            ws = await asyncio.wait_for(
-                connect(
-                    self.config.url,
-                    ssl=ssl_context,
-                    additional_headers={"Authorization": f"Bearer {self.config.token}"},
-                    user_agent_header=f"batchtunnel-agent/{__version__}",
-                    compression=None,
-                    ping_interval=None,  # our own heartbeat runs inside the session
-                    max_size=2 * 1024 * 1024,
-                    max_queue=64,
-                    open_timeout=self.config.connect_timeout,
-                    close_timeout=2,
-                ),
-                self.config.connect_timeout + 1,
-            )
-        except InvalidStatus as exc:
-            status = exc.response.status_code
-            if status in (401, 403):
-                log.error("the broker refused this agent's credential (HTTP %d): check the tunnel token; "
-                          "was the tunnel deleted?", status)
-            else:
-                log.warning("the broker answered HTTP %d", status)
-            return False
-        except (OSError, asyncio.TimeoutError, InvalidHandshake) as exc:
-            log.warning("cannot reach the broker at %s: %s", _safe_url(self.config.url),
-                        exc or type(exc).__name__)
-            return False
+        url = urlsplit(self.config.url)
+        host = url.hostname or ""
+        port = url.port or (443 if url.scheme == "wss" else 80)
+        link = WebSocketLink.client(self.config.url, {
+            "Authorization": f"Bearer {self.config.token}",
+            "User-Agent": f"batchtunnel-agent/{__version__}",
+        })
         session = TunnelSession(
-            Connection(Side.AGENT, self.config.wire),
-            WebsocketsTransport(ws),
-            name="agent",
-            accept=self._accept,
-            heartbeat_interval=self.config.heartbeat_interval,
-            heartbeat_timeout=self.config.heartbeat_timeout,
+            Connection(Side.AGENT, self.config.wire), link, name="agent", accept=self._accept,
+            heartbeat_interval=self.config.heartbeat_interval, heartbeat_timeout=self.config.heartbeat_timeout,
         )
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(
+                loop.create_connection(lambda: link, host, port, ssl=ssl_context,
+                                       server_hostname=host if ssl_context else None),
+                self.config.connect_timeout,
+            )
+            await link.wait_handshake(self.config.connect_timeout)
+        except HandshakeRejected as exc:
+            link.abort()
+            if exc.status in (401, 403):
+                log.error("the broker refused this agent's credential (HTTP %d: %s): check the tunnel token; "
+                          "was the tunnel deleted?", exc.status, exc)
+            else:
+                log.warning("the broker answered HTTP %d: %s", exc.status, exc)
+            return False
+        except (OSError, asyncio.TimeoutError) as exc:
+            link.abort()
+            log.warning("cannot reach the broker at %s: %s", _safe_url(self.config.url), exc or type(exc).__name__)
+            return False
         self.session = session
         run = asyncio.ensure_future(session.run())  # owned here, awaited below
         started = False

@@ -1,4 +1,4 @@
-"""The endpoint agents dial: authenticate, upgrade to WebSocket, run the tunnel session."""
+"""The endpoint agents dial: authenticate the WebSocket upgrade, then run the tunnel session."""
 
 from __future__ import annotations
 
@@ -6,25 +6,24 @@ import asyncio
 import logging
 import time
 
-from aiohttp import web
+from websockets.http11 import Request
 
-from ..session import TunnelSession
+from ..session import TaskOwner, TunnelSession, WebSocketLink
 from ..wire import AuthenticationError, Connection, ErrorCode, Settings, Side
-from .registry import Registry
-from .transport import AiohttpTransport
+from .registry import Registry, Tunnel
 
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE = 2 * 1024 * 1024  # the session sends at most 1 MiB per message
+AGENT_PATH = "/agent"
 
 
 class AgentEndpoint:
-    """aiohttp handler for ``GET /agent`` (WebSocket upgrade).
+    """Accepts agents on ``wss://HOST:PORT/agent``; one TunnelSession per accepted agent.
 
     Args:
         registry: tunnels and their credentials.
         settings: wire limits announced to agents.
-        handshake_timeout: seconds an agent has to complete the HELLO exchange.
+        handshake_timeout: seconds for the WebSocket upgrade, and again for the HELLO exchange.
         heartbeat_interval, heartbeat_timeout: see :class:`TunnelSession`.
     """
 
@@ -42,28 +41,32 @@ class AgentEndpoint:
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
         self.sessions: set[TunnelSession] = set()
+        self._tasks = TaskOwner("agent endpoint")
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        peer = request.remote or "?"
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
+    def protocol(self) -> WebSocketLink:
+        """Protocol factory for ``loop.create_server``."""
+        return WebSocketLink.server(self._on_request, self.handshake_timeout)
+
+    def _on_request(self, link: WebSocketLink, request: Request) -> tuple[int, str] | None:
+        """Decide on an upgrade request: None accepts it, ``(status, text)`` refuses it."""
+        if request.path.split("?", 1)[0] != AGENT_PATH:
+            return 404, f"agents connect to {AGENT_PATH}\n"
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         try:
             if scheme.lower() != "bearer":
                 raise AuthenticationError("no bearer credential presented")
             tunnel = self.registry.authenticate(token.strip())
         except AuthenticationError as exc:
-            log.warning("agent from %s refused: %s", peer, exc)
-            return web.json_response({"error": str(exc)}, status=401)
-
-        ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE, compress=False, autoping=True)
-        await ws.prepare(request)
+            log.warning("agent from %s refused: %s", link.peer, exc)
+            return 401, f"{exc}\n"
         session = TunnelSession(
-            Connection(Side.BROKER, self.settings),
-            AiohttpTransport(ws, request),
-            name=tunnel.id,
-            heartbeat_interval=self.heartbeat_interval,
-            heartbeat_timeout=self.heartbeat_timeout,
+            Connection(Side.BROKER, self.settings), link, name=tunnel.id,
+            heartbeat_interval=self.heartbeat_interval, heartbeat_timeout=self.heartbeat_timeout,
         )
+        self._tasks.spawn(self._serve(tunnel, session, link.peer), f"tunnel {tunnel.id}")
+        return None
+
+    async def _serve(self, tunnel: Tunnel, session: TunnelSession, peer: str) -> None:
         self.sessions.add(session)
         run = asyncio.ensure_future(session.run())  # owned here: awaited below on every path
         try:
@@ -76,10 +79,11 @@ class AgentEndpoint:
                     session.close(ErrorCode.PROTOCOL_ERROR, "no HELLO in time")
             else:
                 if tunnel.id in self.registry.tunnels:
-                    self._attach(tunnel.id, session, peer)
+                    self._attach(tunnel, session, peer)
                 else:
                     session.close(ErrorCode.TUNNEL_DELETED, "the tunnel was deleted")
             closed = await run
+            log.debug("tunnel %s: session from %s ended: %s", tunnel.id, peer, closed)
         finally:
             if not run.done():
                 run.cancel()
@@ -89,22 +93,20 @@ class AgentEndpoint:
                 tunnel.session = None
                 tunnel.disconnected_since = time.time()
                 log.info("tunnel %s: agent from %s disconnected", tunnel.id, peer)
-        log.debug("tunnel %s: session ended: %s", tunnel.id, closed)
-        return ws
 
-    def _attach(self, tunnel_id: str, session: TunnelSession, peer: str) -> None:
-        tunnel = self.registry.tunnels[tunnel_id]
+    def _attach(self, tunnel: Tunnel, session: TunnelSession, peer: str) -> None:
         old = tunnel.session
         tunnel.session = session
         tunnel.agent_address = peer
         tunnel.connected_since = time.time()
         tunnel.disconnected_since = None
         if old is not None:
-            log.info("tunnel %s: agent from %s replaces the one from %s", tunnel_id, peer, "previous")
+            log.info("tunnel %s: agent from %s replaces the one from %s", tunnel.id, peer, old.link.peer)
             old.close(ErrorCode.REPLACED, "another agent connected with this tunnel's credential")
-        log.info("tunnel %s: agent connected from %s", tunnel_id, peer)
+        log.info("tunnel %s: agent connected from %s", tunnel.id, peer)
 
     async def close_all(self) -> None:
         for session in list(self.sessions):
             session.close(ErrorCode.SHUTTING_DOWN, "the broker is shutting down")
         await asyncio.gather(*(s.wait_finished() for s in list(self.sessions)), return_exceptions=True)
+        await self._tasks.aclose()

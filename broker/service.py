@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from dataclasses import dataclass, field
@@ -66,12 +67,11 @@ class Broker:
         )
         self.api = Api(self.registry, config.admin_token, config.expose_hosts, self.metrics_text)
         self._runners: list[web.AppRunner] = []
+        self._agent_server: asyncio.Server | None = None
         self.agent_port = 0
         self.api_port = 0
 
     async def start(self) -> None:
-        agent_app = web.Application()
-        agent_app.router.add_get("/agent", self.endpoint.handle)
         ssl_context = None
         if self.config.cert and self.config.key:
             ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -79,8 +79,13 @@ class Broker:
             ssl_context.load_cert_chain(self.config.cert, self.config.key)
         else:
             log.warning("agents connect over plain ws:// (--insecure): tokens travel unencrypted")
-        self.agent_port = await self._serve(agent_app, self.config.listen_host, self.config.listen_port,
-                                            ssl_context)
+        loop = asyncio.get_running_loop()
+        self._agent_server = await loop.create_server(
+            self.endpoint.protocol, self.config.listen_host, self.config.listen_port, ssl=ssl_context,
+            ssl_handshake_timeout=self.config.handshake_timeout if ssl_context else None,
+            reuse_address=True, backlog=1024,
+        )
+        self.agent_port = self._agent_server.sockets[0].getsockname()[1]
         self.api_port = await self._serve(self.api.app(), self.config.api_host, self.config.api_port, None)
         await self._restore_exposures()
         scheme = "wss" if ssl_context else "ws"
@@ -111,6 +116,8 @@ class Broker:
             tunnel.exposures[(record.host, exposure.port)] = exposure
 
     async def stop(self) -> None:
+        if self._agent_server is not None:
+            self._agent_server.close()  # not wait_closed(): it would wait for every agent (Python 3.12+)
         await self.endpoint.close_all()
         for tunnel in self.registry.tunnels.values():
             for exposure in tunnel.exposures.values():

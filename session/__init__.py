@@ -1,15 +1,17 @@
-"""asyncio glue shared by broker and agent: one tunnel session over a WebSocket.
+"""asyncio glue shared by broker and agent: one tunnel session over one WebSocket.
 
-``TunnelSession`` runs a :class:`batchtunnel.wire.Connection` over a
-:class:`MessageTransport` and bridges each stream to a local TCP socket
-(``StreamBridge``). The broker and the agent differ only in who opens streams.
+``WebSocketLink`` carries binary messages (websockets' sans-I/O protocol in an
+asyncio Protocol); ``TunnelSession`` runs a :class:`batchtunnel.wire.Connection`
+over it and bridges each stream to a local TCP socket (``StreamBridge``).
+The broker and the agent differ only in who opens streams.
 """
 
 from .bridge import StreamBridge
 from .session import SessionClosed, TunnelSession, serve_local
 from .tasks import TaskOwner
-from .transport import MessageTransport, TransportClosed
+from .websocket import HandshakeRejected, WebSocketLink
 
 __all__ = [
-    "MessageTransport", "SessionClosed", "StreamBridge", "TaskOwner", "TransportClosed", "TunnelSession", "serve_local",
+    "HandshakeRejected", "SessionClosed", "StreamBridge", "TaskOwner", "TunnelSession", "WebSocketLink",
+    "serve_local",
 ]

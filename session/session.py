@@ -1,4 +1,9 @@
-"""TunnelSession: a wire Connection running over a MessageTransport (docs/protocol.md §8)."""
+"""TunnelSession: a wire Connection running over a WebSocketLink (docs/protocol.md §8).
+
+Driven by callbacks: the link calls ``message_received`` with each WebSocket
+message; events are handled at once; output is written at the end of the loop
+iteration (``_kick`` coalesces), or when the link becomes writable again.
+"""
 
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ from ..wire import (
 from ..wire.exceptions import describe_code
 from .bridge import StreamBridge
 from .tasks import TaskOwner
-from .transport import MessageTransport, TransportClosed
+from .websocket import WebSocketLink
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +39,7 @@ MAX_MESSAGE = 1024 * 1024
 """Largest WebSocket message we send; output is cut at any byte (frames may span messages)."""
 
 OUTPUT_HIGH = 1024 * 1024
-"""Queued output above which local sockets stop being read until the writer takes the queue.
+"""Queued output above which local sockets stop being read until the link takes the queue.
 
 Windows bound what the *peer* must buffer; this bounds what *we* buffer when the
 WebSocket drains slower than local sockets fill it."""
@@ -58,11 +63,11 @@ class SessionClosed:
 
 
 class TunnelSession:
-    """Runs one tunnel session until its transport closes.
+    """One tunnel session over one WebSocket, until the link is lost.
 
     Args:
         conn: a fresh wire Connection (its HELLO is still queued).
-        transport: the WebSocket, adapted.
+        link: the WebSocket; the session becomes its receiver.
         name: used in log lines and task names (never a secret).
         accept: serves streams the peer opens; None refuses them.
         heartbeat_interval: seconds between PINGs.
@@ -72,7 +77,7 @@ class TunnelSession:
     def __init__(
         self,
         conn: Connection,
-        transport: MessageTransport,
+        link: WebSocketLink,
         *,
         name: str,
         accept: Acceptor | None = None,
@@ -80,7 +85,8 @@ class TunnelSession:
         heartbeat_timeout: float = 15.0,
     ) -> None:
         self.conn = conn
-        self.transport = transport
+        self.link = link
+        link.receiver = self
         self.name = name
         self._accept = accept
         self._interval = heartbeat_interval
@@ -88,11 +94,12 @@ class TunnelSession:
         self._bridges: dict[int, StreamBridge] = {}
         self._congested: list[StreamBridge] = []
         self._tasks = TaskOwner(f"session {name}")
-        self._wake = asyncio.Event()
-        self._started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._finished = asyncio.Event()
-        self._closing = False
         self._loop = asyncio.get_running_loop()
+        self._started: asyncio.Future[None] = self._loop.create_future()
+        self._lost = asyncio.Event()
+        self._finished = asyncio.Event()
+        self._flush_scheduled = False
+        self._close_sent = False
         self._last_heard = self._loop.time()
         self._ping_ids = itertools.count()
         self._ping_sent: dict[bytes, float] = {}
@@ -105,17 +112,16 @@ class TunnelSession:
     # ------------------------------------------------------------ lifecycle
 
     async def run(self) -> SessionClosed:
-        """Run until the transport closes. Never raises for a peer's misbehaviour."""
-        self._tasks.spawn(self._write_loop(), "writer")
+        """Serve until the link is lost. Never raises for a peer's misbehaviour."""
         self._tasks.spawn(self._heartbeat_loop(), "heartbeat")
-        self._kick()
+        self._flush()  # our HELLO
         try:
-            await self._read_loop()
+            await self._lost.wait()
         finally:
             if self.closed is None:
                 self.conn.receive_eof()
                 self._process()
-            await self._flush_and_close()
+            self.link.abort()
             await self._tasks.aclose()
             for bridge in list(self._bridges.values()):
                 bridge.abort()
@@ -143,10 +149,24 @@ class TunnelSession:
         await self._finished.wait()
 
     def close(self, code: int = ErrorCode.SHUTTING_DOWN, reason: str = "closing") -> None:
-        """End the session: GOAWAY with ``code``, reset every stream, then close the transport."""
+        """End the session: GOAWAY with ``code``, reset every stream, then close the WebSocket."""
         self.conn.go_away(code, reason)
         self._process()
-        self._kick()
+        self._flush()
+
+    # --------------------------------------------------- the link's receiver
+
+    def message_received(self, data: bytes) -> None:
+        self._last_heard = self._loop.time()
+        self.bytes_in += len(data)
+        self.conn.receive_data(data)
+        self._process()
+
+    def writing_resumed(self) -> None:
+        self._flush()
+
+    def link_lost(self) -> None:
+        self._lost.set()
 
     # ------------------------------------------------------ stream commands
 
@@ -195,43 +215,29 @@ class TunnelSession:
     def stream_count(self) -> int:
         return len(self.conn.stream_ids())
 
-    # -------------------------------------------------------------- loops
+    # --------------------------------------------------------------- output
 
-    async def _read_loop(self) -> None:
-        while self.closed is None:
-            message = await self.transport.receive()
-            if message is None:
-                return
-            self._last_heard = self._loop.time()
-            self.bytes_in += len(message)
-            self.conn.receive_data(message)
-            self._process()
+    def _kick(self) -> None:
+        """Write pending output once the current loop iteration's callbacks are done (coalescing)."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
 
-    async def _write_loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            if not await self._send_pending():
-                return
-            if self.closed is not None:  # we ended the session: GOAWAY is out, now close
-                await self.transport.close(_close_code(self.closed.code), self.closed.reason[:120])
-                return
-
-    async def _send_pending(self) -> bool:
-        """Send everything the connection has queued; False if the transport is gone."""
-        while data := self.conn.data_to_send():
-            if self._congested:  # the queue is taken: let the paused sockets refill it meanwhile
-                congested, self._congested = self._congested, []
-                for bridge in congested:
-                    bridge.congested = False
-                    bridge.maybe_resume()
-            try:
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self.link.writable or self.closed is not None:
+            data = self.conn.data_to_send()
+            if data:
+                if self._congested:  # the queue is taken: let the paused sockets refill it
+                    congested, self._congested = self._congested, []
+                    for bridge in congested:
+                        bridge.congested = False
+                        bridge.maybe_resume()
                 for start in range(0, len(data), MAX_MESSAGE):
-                    await self.transport.send(data[start:start + MAX_MESSAGE])
-            except TransportClosed:
-                self.transport.abort()
-                return False
-        return True
+                    self.link.write(data[start:start + MAX_MESSAGE])
+        if self.closed is not None and not self._close_sent:
+            self._close_sent = True
+            self.link.close(_close_code(self.closed.code), self.closed.reason[:120])
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -244,27 +250,14 @@ class TunnelSession:
                 )
                 self.conn.go_away(ErrorCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
                 self._process()
-                self.transport.abort()
+                self.link.abort()
                 return
             payload = next(self._ping_ids).to_bytes(8, "big")
             self._ping_sent = {payload: self._loop.time()}
             self.conn.ping(payload)
             self._kick()
 
-    async def _flush_and_close(self) -> None:
-        self._closing = True
-        try:
-            await asyncio.wait_for(self._send_pending(), 2.0)
-        except (asyncio.TimeoutError, TransportClosed):
-            pass
-        assert self.closed is not None
-        await self.transport.close(_close_code(self.closed.code), self.closed.reason[:120])
-
-    def _kick(self) -> None:
-        self._wake.set()
-
-
-    # -------------------------------------------------------------- events
+    # --------------------------------------------------------------- events
 
     def _process(self) -> None:
         for event in self.conn.events_received():
