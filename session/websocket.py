@@ -1,11 +1,12 @@
 """One WebSocket connection carrying a tunnel session, driven synchronously.
 
-``WebSocketLink`` is an ``asyncio.Protocol`` around websockets' sans-I/O
-protocol (``ClientProtocol`` in the agent, ``ServerProtocol`` in the broker).
-Everything on the data path happens inside transport callbacks: bytes from the
-network become wire events and socket writes in the same callback, and output
-is written as soon as the current loop iteration ends. No task switch per
-message, no queue between layers.
+``WebSocketLink`` is an ``asyncio.Protocol``. The opening handshake goes through
+websockets' sans-I/O protocol (``ClientProtocol`` in the agent,
+``ServerProtocol`` in the broker): HTTP parsing, validation, Sec-WebSocket-Accept.
+The link splits the HTTP head off the byte stream itself, so once the
+connection is open every later byte goes to our frame codec (``wsframes``).
+Everything on the data path then happens inside transport callbacks: no task
+switch per message, no queue between layers.
 
 Client (agent)::
 
@@ -22,22 +23,25 @@ Server (broker)::
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 from collections.abc import Callable
 from typing import Protocol, cast
 
 from websockets.client import ClientProtocol
-from websockets.frames import Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import Protocol as WsProtocol
-from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
+
+from .wsframes import Buffer, CloseCode, Control, FrameParser, FramingError, Opcode, encode, encode_close
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_IN = 2 * 1024 * 1024
-"""Largest WebSocket message accepted; our sender never sends more than 1 MiB."""
+"""Largest WebSocket frame accepted; our sender never sends more than 1 MiB."""
+MAX_HEAD = 16 * 1024
+"""Largest HTTP head accepted during the opening handshake."""
 CLOSE_TIMEOUT = 2.0
 WRITE_HIGH = 512 * 1024
 """The socket's write buffer above which the link reports itself not writable."""
@@ -64,6 +68,13 @@ class Receiver(Protocol):
 OnRequest = Callable[["WebSocketLink", Request], "tuple[int, str] | None"]
 
 
+class Phase(enum.Enum):
+    HANDSHAKE = "handshake"
+    OPEN = "open"
+    CLOSING = "closing"   # we sent CLOSE; waiting for the peer's, or the TCP close
+    CLOSED = "closed"
+
+
 class WebSocketLink(asyncio.Protocol):
     """A WebSocket connection whose binary messages go to ``receiver``."""
 
@@ -72,10 +83,16 @@ class WebSocketLink(asyncio.Protocol):
         self.ws = ws
         self.receiver: Receiver | None = None
         self.peer = "?"
+        self.phase = Phase.HANDSHAKE
+        self.close_code: int | None = None
+        self._client = isinstance(ws, ClientProtocol)
+        self._parser = FrameParser(masked=not self._client, max_payload=MAX_MESSAGE_IN)
         self._on_request = on_request
         self._handshake_timeout = handshake_timeout
         self._transport: asyncio.Transport | None = None
         self._writable = True
+        self._head = bytearray()
+        self._head_done = False
         self._handshake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._lost = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
@@ -101,28 +118,27 @@ class WebSocketLink(asyncio.Protocol):
 
     @property
     def writable(self) -> bool:
-        return self._writable and self.ws.state is State.OPEN
+        return self._writable and self.phase is Phase.OPEN
 
-    def write(self, data: bytes) -> None:
-        """Send one binary message (no-op once the WebSocket is closing)."""
-        if self.ws.state is not State.OPEN:
-            return
-        self.ws.send_binary(data)
-        self._flush()
+    def write(self, data: Buffer) -> None:
+        """Send one binary message (dropped unless the WebSocket is open)."""
+        if self.phase is Phase.OPEN and self._transport is not None:
+            for part in encode(Opcode.BINARY, data, self._client):
+                self._transport.write(part)
 
     def close(self, code: int, reason: str) -> None:
         """Start the closing handshake; the TCP connection is dropped after CLOSE_TIMEOUT at the latest."""
-        if self.ws.state is State.OPEN:
-            self.ws.send_close(code, reason)
-            self._flush()
-        self._close_soon()
+        if self.phase is Phase.OPEN:
+            self._send_close(code, reason)
+        elif self.phase is Phase.HANDSHAKE:
+            self.abort()
 
     def abort(self) -> None:
         if self._transport is not None:
             self._transport.abort()
 
     async def wait_handshake(self, timeout: float) -> None:
-        """Client: wait for the 101 answer. Raises HandshakeRejected, or TimeoutError."""
+        """Client: wait for the 101 answer. Raises HandshakeRejected, ConnectionError or TimeoutError."""
         await asyncio.wait_for(asyncio.shield(self._handshake), timeout)
 
     async def wait_closed(self) -> None:
@@ -135,24 +151,28 @@ class WebSocketLink(asyncio.Protocol):
         self._transport.set_write_buffer_limits(high=WRITE_HIGH)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
-        if isinstance(self.ws, ClientProtocol):
-            assert self._request is not None
+        if self._client:
+            assert isinstance(self.ws, ClientProtocol) and self._request is not None
             self.ws.send_request(self._request)
-            self._flush()
+            self._flush_ws()
         elif self._handshake_timeout is not None:
             # Slowloris guard: the upgrade must complete in time (the session adds its own HELLO timeout).
             self._timer = asyncio.get_running_loop().call_later(self._handshake_timeout, self._handshake_expired)
 
     def data_received(self, data: bytes) -> None:
-        self.ws.receive_data(data)
-        self._process()
+        if self.phase is Phase.HANDSHAKE:
+            self._handshake_data(data)
+        elif self.phase is not Phase.CLOSED:
+            self._frames(data)
 
     def eof_received(self) -> bool | None:
-        self.ws.receive_eof()
-        self._process()
+        if self.phase is Phase.HANDSHAKE and self._head_done:
+            self.ws.receive_eof()  # a refusal whose body ends at EOF
+            self._handshake_events()
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.phase = Phase.CLOSED
         if self._timer is not None:
             self._timer.cancel()
         if not self._handshake.done():
@@ -170,22 +190,39 @@ class WebSocketLink(asyncio.Protocol):
         if self.receiver is not None:
             self.receiver.writing_resumed()
 
-    # -- internals
+    # -- opening handshake (websockets)
 
-    def _process(self) -> None:
+    def _handshake_data(self, data: bytes) -> None:
+        if self._head_done:  # a refusal's body: websockets reads it
+            self.ws.receive_data(data)
+            self._handshake_events()
+            return
+        self._head += data
+        end = self._head.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self._head) > MAX_HEAD:
+                log.warning("connection from %s: HTTP head over %d bytes; dropped", self.peer, MAX_HEAD)
+                self.abort()
+            return
+        head, rest = bytes(self._head[:end + 4]), bytes(self._head[end + 4:])
+        self._head_done = True
+        self._head.clear()
+        self.ws.receive_data(head)
+        self._handshake_events()
+        if rest:
+            if self.phase is Phase.OPEN:
+                self._frames(rest)
+            elif self.phase is Phase.HANDSHAKE:
+                self.ws.receive_data(rest)
+                self._handshake_events()
+
+    def _handshake_events(self) -> None:
         for event in self.ws.events_received():
             if isinstance(event, Request):
                 self._on_upgrade_request(event)
             elif isinstance(event, Response):
                 self._on_upgrade_response(event)
-            elif event.opcode is Opcode.BINARY or event.opcode is Opcode.CONT:
-                if self.receiver is not None and event.data:
-                    self.receiver.message_received(bytes(event.data))
-            elif event.opcode is Opcode.TEXT:
-                self.ws.fail(1003, "binary messages only")
-        self._flush()
-        if self.ws.close_expected():
-            self._close_soon()
+        self._flush_ws()
 
     def _on_upgrade_request(self, request: Request) -> None:
         assert isinstance(self.ws, ServerProtocol) and self._on_request is not None
@@ -193,38 +230,75 @@ class WebSocketLink(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         refusal = self._on_request(self, request)
-        if refusal is None:
-            response = self.ws.accept(request)
-        else:
-            response = self.ws.reject(*refusal)
+        response = self.ws.accept(request) if refusal is None else self.ws.reject(*refusal)
         self.ws.send_response(response)
+        if response.status_code == 101:
+            self.phase = Phase.OPEN
+        else:
+            self._flush_ws()
+            assert self._transport is not None
+            self._transport.close()  # after the refusal is written
 
     def _on_upgrade_response(self, response: Response) -> None:
         if self._handshake.done():
             return
         if self.ws.handshake_exc is None:
+            self.phase = Phase.OPEN
             self._handshake.set_result(None)
         else:
             body = (response.body or b"").decode("utf-8", "replace").strip()[:200]
             self._handshake.set_exception(HandshakeRejected(response.status_code, body))
 
-    def _flush(self) -> None:
-        transport = self._transport
-        if transport is None:
+    def _flush_ws(self) -> None:
+        if self._transport is None:
             return
         for chunk in self.ws.data_to_send():
             if chunk:
-                transport.write(chunk)
-            elif transport.can_write_eof():
-                transport.write_eof()
-            else:  # TLS cannot half-close
-                transport.close()
+                self._transport.write(chunk)
 
-    def _close_soon(self) -> None:
-        if self._timer is None and self._transport is not None and not self._lost.is_set():
-            self._timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self.abort)
-        if self.ws.state is State.CLOSED and self._transport is not None:
+    # -- open connection (wsframes)
+
+    def _frames(self, data: bytes) -> None:
+        try:
+            items = self._parser.feed(data)
+        except FramingError as exc:
+            log.warning("WebSocket from %s: %s; closing (%d)", self.peer, exc, exc.code)
+            self._send_close(exc.code, str(exc))
+            self.phase = Phase.CLOSED
+            return
+        receiver = self.receiver
+        for item in items:
+            if isinstance(item, bytes):
+                if receiver is not None and self.phase is Phase.OPEN:
+                    receiver.message_received(item)
+            else:
+                self._control(item)
+
+    def _control(self, frame: Control) -> None:
+        assert self._transport is not None
+        if frame.opcode is Opcode.PING:
+            if self.phase is Phase.OPEN:
+                for part in encode(Opcode.PONG, frame.payload, self._client):
+                    self._transport.write(part)
+        elif frame.opcode is Opcode.CLOSE:
+            self.close_code = frame.code
+            if self.phase is Phase.OPEN:  # echo it, then the TCP connection ends
+                echo = frame.code if frame.code != CloseCode.NO_STATUS else CloseCode.NORMAL
+                self._send_close(echo, "")
+            self.phase = Phase.CLOSED
             self._transport.close()
+
+    def _send_close(self, code: int, reason: str) -> None:
+        if self._transport is None:
+            return
+        for part in encode_close(code, reason, self._client):
+            self._transport.write(part)
+        self.phase = Phase.CLOSING
+        self._close_transport_soon()
+
+    def _close_transport_soon(self) -> None:
+        if self._timer is None and not self._lost.is_set():
+            self._timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self.abort)
 
     def _handshake_expired(self) -> None:
         log.warning("connection from %s: no WebSocket upgrade within %.0f s; dropped",
