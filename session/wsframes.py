@@ -125,7 +125,7 @@ class FrameParser:
                     break
                 start = pos + head
                 if masked:
-                    payload = apply_mask(view[start:start + length], view[start - 4:start])
+                    payload = apply_mask(view[start:start + length], view[start - 4:start].tobytes())
                 else:
                     payload = view[start:start + length].tobytes()
                 pos = start + length
