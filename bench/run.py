@@ -285,7 +285,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--write-docs", action="store_true", help="rewrite docs/benchmarks.md")
     parser.add_argument("--idle-agents", type=int, default=200)
+    parser.add_argument("--only-idle", action="store_true", help="measure broker memory per idle agent only")
     args = parser.parse_args()
+    if args.only_idle:
+        workdir = Path(tempfile.mkdtemp(prefix="bt-bench-"))
+        procs = Procs(workdir)
+        try:
+            _, info = setup_batchtunnel(procs, workdir, free_port(), "uvloop")
+            print(json.dumps(idle_agents(procs, workdir, info, args.idle_agents)))
+        finally:
+            procs.stop()
+        return
     one, many, rtts = (1024 * MIB, 64 * MIB, 10_000) if not args.quick else (64 * MIB, 8 * MIB, 1000)
 
     workdir = Path(tempfile.mkdtemp(prefix="bt-bench-"))

@@ -61,38 +61,39 @@ class AgentEndpoint:
             return 401, f"{exc}\n"
         session = TunnelSession(
             Connection(Side.BROKER, self.settings), link, name=tunnel.id,
+            on_started=lambda: self._started(tunnel, session, link.peer),
             heartbeat_interval=self.heartbeat_interval, heartbeat_timeout=self.heartbeat_timeout,
         )
         self._tasks.spawn(self._serve(tunnel, session, link.peer), f"tunnel {tunnel.id}")
         return None
 
     async def _serve(self, tunnel: Tunnel, session: TunnelSession, peer: str) -> None:
+        """Run one agent's session (one task per agent: the heartbeat and HELLO deadline are timers)."""
         self.sessions.add(session)
-        run = asyncio.ensure_future(session.run())  # owned here: awaited below on every path
+        deadline = asyncio.get_running_loop().call_later(
+            self.handshake_timeout, self._hello_overdue, tunnel, session, peer)
         try:
-            try:
-                await session.wait_started(self.handshake_timeout)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
-                if not run.done():
-                    log.warning("agent from %s for tunnel %s: no HELLO within %.0f s", peer, tunnel.id,
-                                self.handshake_timeout)
-                    session.close(ErrorCode.PROTOCOL_ERROR, "no HELLO in time")
-            else:
-                if tunnel.id in self.registry.tunnels:
-                    self._attach(tunnel, session, peer)
-                else:
-                    session.close(ErrorCode.TUNNEL_DELETED, "the tunnel was deleted")
-            closed = await run
+            closed = await session.run()
             log.debug("tunnel %s: session from %s ended: %s", tunnel.id, peer, closed)
         finally:
-            if not run.done():
-                run.cancel()
-                await asyncio.gather(run, return_exceptions=True)
+            deadline.cancel()
             self.sessions.discard(session)
             if tunnel.session is session:
                 tunnel.session = None
                 tunnel.disconnected_since = time.time()
                 log.info("tunnel %s: agent from %s disconnected", tunnel.id, peer)
+
+    def _hello_overdue(self, tunnel: Tunnel, session: TunnelSession, peer: str) -> None:
+        if not session.started and session.closed is None:
+            log.warning("agent from %s for tunnel %s: no HELLO within %.0f s", peer, tunnel.id,
+                        self.handshake_timeout)
+            session.close(ErrorCode.PROTOCOL_ERROR, "no HELLO in time")
+
+    def _started(self, tunnel: Tunnel, session: TunnelSession, peer: str) -> None:
+        if tunnel.id in self.registry.tunnels:
+            self._attach(tunnel, session, peer)
+        else:
+            session.close(ErrorCode.TUNNEL_DELETED, "the tunnel was deleted")
 
     def _attach(self, tunnel: Tunnel, session: TunnelSession, peer: str) -> None:
         old = tunnel.session

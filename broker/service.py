@@ -77,6 +77,8 @@ class Broker:
             ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ssl_context.minimum_version = ssl.TLSVersion.TLSv1_2
             ssl_context.load_cert_chain(self.config.cert, self.config.key)
+            # Agents never resume TLS sessions: tickets would only cost a little CPU and memory per agent.
+            ssl_context.num_tickets = 0
         else:
             log.warning("agents connect over plain ws:// (--insecure): tokens travel unencrypted")
         loop = asyncio.get_running_loop()

@@ -80,7 +80,7 @@ class WebSocketLink(asyncio.Protocol):
 
     def __init__(self, ws: WsProtocol, on_request: OnRequest | None = None,
                  handshake_timeout: float | None = None) -> None:
-        self.ws = ws
+        self._ws: WsProtocol | None = ws  # only the opening handshake needs it; dropped once open
         self.receiver: Receiver | None = None
         self.peer = "?"
         self.phase = Phase.HANDSHAKE
@@ -94,7 +94,7 @@ class WebSocketLink(asyncio.Protocol):
         self._head = bytearray()
         self._head_done = False
         self._handshake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._lost = asyncio.Event()
+        self._lost = False
         self._timer: asyncio.TimerHandle | None = None
         self._request: Request | None = None
 
@@ -141,9 +141,6 @@ class WebSocketLink(asyncio.Protocol):
         """Client: wait for the 101 answer. Raises HandshakeRejected, ConnectionError or TimeoutError."""
         await asyncio.wait_for(asyncio.shield(self._handshake), timeout)
 
-    async def wait_closed(self) -> None:
-        await self._lost.wait()
-
     # -- asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -152,8 +149,9 @@ class WebSocketLink(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         if self._client:
-            assert isinstance(self.ws, ClientProtocol) and self._request is not None
-            self.ws.send_request(self._request)
+            ws = self._ws
+            assert isinstance(ws, ClientProtocol) and self._request is not None
+            ws.send_request(self._request)
             self._flush_ws()
         elif self._handshake_timeout is not None:
             # Slowloris guard: the upgrade must complete in time (the session adds its own HELLO timeout).
@@ -166,8 +164,8 @@ class WebSocketLink(asyncio.Protocol):
             self._frames(data)
 
     def eof_received(self) -> bool | None:
-        if self.phase is Phase.HANDSHAKE and self._head_done:
-            self.ws.receive_eof()  # a refusal whose body ends at EOF
+        if self.phase is Phase.HANDSHAKE and self._head_done and self._ws is not None:
+            self._ws.receive_eof()  # a refusal whose body ends at EOF
             self._handshake_events()
         return None
 
@@ -178,7 +176,7 @@ class WebSocketLink(asyncio.Protocol):
         if not self._handshake.done():
             self._handshake.set_exception(ConnectionError("connection closed during the WebSocket handshake"))
             self._handshake.exception()  # retrieved: no "never retrieved" warning when nobody waits
-        self._lost.set()
+        self._lost = True
         if self.receiver is not None:
             self.receiver.link_lost()
 
@@ -193,8 +191,10 @@ class WebSocketLink(asyncio.Protocol):
     # -- opening handshake (websockets)
 
     def _handshake_data(self, data: bytes) -> None:
+        ws = self._ws
+        assert ws is not None
         if self._head_done:  # a refusal's body: websockets reads it
-            self.ws.receive_data(data)
+            ws.receive_data(data)
             self._handshake_events()
             return
         self._head += data
@@ -207,31 +207,35 @@ class WebSocketLink(asyncio.Protocol):
         head, rest = bytes(self._head[:end + 4]), bytes(self._head[end + 4:])
         self._head_done = True
         self._head.clear()
-        self.ws.receive_data(head)
+        ws.receive_data(head)
         self._handshake_events()
         if rest:
             if self.phase is Phase.OPEN:
                 self._frames(rest)
             elif self.phase is Phase.HANDSHAKE:
-                self.ws.receive_data(rest)
+                ws.receive_data(rest)
                 self._handshake_events()
 
     def _handshake_events(self) -> None:
-        for event in self.ws.events_received():
+        assert self._ws is not None
+        for event in self._ws.events_received():
             if isinstance(event, Request):
                 self._on_upgrade_request(event)
             elif isinstance(event, Response):
                 self._on_upgrade_response(event)
         self._flush_ws()
+        if self.phase is Phase.OPEN:
+            self._ws = None
 
     def _on_upgrade_request(self, request: Request) -> None:
-        assert isinstance(self.ws, ServerProtocol) and self._on_request is not None
+        ws = self._ws
+        assert isinstance(ws, ServerProtocol) and self._on_request is not None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         refusal = self._on_request(self, request)
-        response = self.ws.accept(request) if refusal is None else self.ws.reject(*refusal)
-        self.ws.send_response(response)
+        response = ws.accept(request) if refusal is None else ws.reject(*refusal)
+        ws.send_response(response)
         if response.status_code == 101:
             self.phase = Phase.OPEN
         else:
@@ -240,19 +244,20 @@ class WebSocketLink(asyncio.Protocol):
             self._transport.close()  # after the refusal is written
 
     def _on_upgrade_response(self, response: Response) -> None:
-        if self._handshake.done():
+        if self._handshake.done() or self._ws is None:
             return
-        if self.ws.handshake_exc is None:
+        if self._ws.handshake_exc is None:
             self.phase = Phase.OPEN
             self._handshake.set_result(None)
+            self._request = None
         else:
             body = (response.body or b"").decode("utf-8", "replace").strip()[:200]
             self._handshake.set_exception(HandshakeRejected(response.status_code, body))
 
     def _flush_ws(self) -> None:
-        if self._transport is None:
+        if self._transport is None or self._ws is None:
             return
-        for chunk in self.ws.data_to_send():
+        for chunk in self._ws.data_to_send():
             if chunk:
                 self._transport.write(chunk)
 
@@ -297,7 +302,7 @@ class WebSocketLink(asyncio.Protocol):
         self._close_transport_soon()
 
     def _close_transport_soon(self) -> None:
-        if self._timer is None and not self._lost.is_set():
+        if self._timer is None and not self._lost:
             self._timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self.abort)
 
     def _handshake_expired(self) -> None:
