@@ -203,14 +203,15 @@ def setup_ssh(procs: Procs, workdir: Path, target: int) -> tuple[list[PathUnderT
     return paths, sshd.pid
 
 
-def setup_batchtunnel(procs: Procs, workdir: Path, target: int, loop: str) -> tuple[PathUnderTest, dict[str, object]]:
-    pki = workdir / f"pki-{loop}"
+def setup_batchtunnel(procs: Procs, workdir: Path, target: int, loop: str,
+                      agent_loop: str = "asyncio") -> tuple[PathUnderTest, dict[str, object]]:
+    pki = workdir / f"pki-{loop}-{agent_loop}"
     subprocess.run([BT, "certs", "init", "--dir", str(pki), "--hostname", "localhost"], check=True,
                    stdout=subprocess.DEVNULL)
     agent_port, api_port = free_port(), free_port()
     token = "bench-admin-token-0123456789"
     env = {"BATCHTUNNEL_ADMIN_TOKEN": token}
-    broker = procs.start(f"broker-{loop}", [
+    broker = procs.start(f"broker-{loop}-{agent_loop}", [
         BT, "broker", "--listen", f"127.0.0.1:{agent_port}", "--api-listen", f"127.0.0.1:{api_port}",
         "--cert", str(pki / "broker.pem"), "--key", str(pki / "broker-key.pem"), "--database", ":memory:",
         "--event-loop", loop, "--log-level", "WARNING"], env)
@@ -220,9 +221,9 @@ def setup_batchtunnel(procs: Procs, workdir: Path, target: int, loop: str) -> tu
 
     client = BrokerClient(f"http://127.0.0.1:{api_port}", token)
     tunnel = client.create_tunnel("bench")
-    agent = procs.start(f"agent-{loop}", [
+    agent = procs.start(f"agent-{loop}-{agent_loop}", [
         BT, "agent", "--url", f"wss://localhost:{agent_port}/agent", "--cafile", str(pki / "ca.pem"),
-        "--event-loop", loop, "--log-level", "WARNING"], {"BATCHTUNNEL_TOKEN": tunnel["token"]})
+        "--event-loop", agent_loop, "--log-level", "WARNING"], {"BATCHTUNNEL_TOKEN": tunnel["token"]})
     deadline = time.monotonic() + 20
     while not client.tunnel(tunnel["id"])["agent"]["connected"]:
         if time.monotonic() > deadline:
@@ -231,7 +232,9 @@ def setup_batchtunnel(procs: Procs, workdir: Path, target: int, loop: str) -> tu
     port = client.expose(tunnel["id"], 0, target)["port"]
     info = {"client": client, "broker_pid": broker.pid, "agent_url": f"wss://localhost:{agent_port}/agent",
             "ca": str(pki / "ca.pem")}
-    return PathUnderTest(f"batchtunnel, TLS ({loop})", port, [broker.pid, agent.pid]), info
+    name = "defaults: broker uvloop, agent asyncio" if (loop, agent_loop) == ("uvloop", "asyncio") else \
+        f"broker {loop}, agent {agent_loop}"
+    return PathUnderTest(f"batchtunnel, TLS ({name})", port, [broker.pid, agent.pid]), info
 
 
 def rss_kib(pid: int) -> int:
@@ -291,7 +294,7 @@ def main() -> None:
         workdir = Path(tempfile.mkdtemp(prefix="bt-bench-"))
         procs = Procs(workdir)
         try:
-            _, info = setup_batchtunnel(procs, workdir, free_port(), "uvloop")
+            _, info = setup_batchtunnel(procs, workdir, free_port(), "uvloop", "asyncio")
             print(json.dumps(idle_agents(procs, workdir, info, args.idle_agents)))
         finally:
             procs.stop()
@@ -307,9 +310,9 @@ def main() -> None:
         paths = [PathUnderTest("direct TCP", target)]
         ssh_paths, _ = setup_ssh(procs, workdir, target)
         paths += ssh_paths
-        bt_uv, info = setup_batchtunnel(procs, workdir, target, "uvloop")
-        bt_asyncio, _ = setup_batchtunnel(procs, workdir, target, "asyncio")
-        paths += [bt_uv, bt_asyncio]
+        bt_default, info = setup_batchtunnel(procs, workdir, target, "uvloop", "asyncio")
+        bt_asyncio, _ = setup_batchtunnel(procs, workdir, target, "asyncio", "asyncio")
+        paths += [bt_default, bt_asyncio]
         results: dict[str, dict[str, list[float]]] = {p.name: {} for p in paths}
         for r in range(args.rounds):
             for path in paths:
@@ -324,7 +327,7 @@ def main() -> None:
                 print(f"round {r + 1}: {path.name}: {rec['one_mb_s'][-1]:.0f} MB/s, "
                       f"{rec['many_mb_s'][-1]:.0f} MB/s x16, p50 {rec['rtt_p50_us'][-1]:.0f} us", flush=True)
         peak = {p.name: p.peak_rss_mib() for p in paths}
-        stall = [stalled_figure(bt_uv, one // 2) for _ in range(args.rounds)]
+        stall = [stalled_figure(bt_default, one // 2) for _ in range(args.rounds)]
         idle = idle_agents(procs, workdir, info, args.idle_agents)
     finally:
         procs.stop()
@@ -370,7 +373,7 @@ def render(report: dict) -> str:  # type: ignore[type-arg]
     lines += [
         "",
         f"- Beside a stalled stream (its reader never reads), one stream moves {cell(st['beside_stalled_mb_s'])} MB/s "
-        f"against {cell(st['solo_mb_s'])} MB/s alone: ratio {cell(st['ratio'], '.2f')} (batchtunnel, uvloop).",
+        f"against {cell(st['solo_mb_s'])} MB/s alone: ratio {cell(st['ratio'], '.2f')} (batchtunnel, defaults).",
         f"- Broker memory with {idle['agents']} idle agents connected: {idle['rss_before_mib']:.1f} MiB before, "
         f"{idle['rss_after_mib']:.1f} MiB after: **{idle['kib_per_agent']:.1f} KiB per agent**, "
         f"{idle['fds_per_agent']:.2f} file descriptors per agent.",
