@@ -176,3 +176,21 @@ def test_connect_exits_2_for_unknown_tunnel(broker: BrokerProcess, procs: Proces
     proc = _connect(procs, broker, "--tunnel", "tnope", "--rport", "9")
     assert proc.wait(10) == 2
     assert "no tunnel 'tnope'" in proc.log()
+
+
+def test_agent_needs_only_websockets_and_the_standard_library(broker: BrokerProcess, procs: ProcessGroup) -> None:
+    # What a job's Python environment may lack: everything the hub side uses.
+    blocked = ["aiohttp", "cryptography", "jupyterhub", "batchspawner", "uvloop", "psutil"]
+    code = (
+        "import sys\n"
+        f"for name in {blocked!r}:\n    sys.modules[name] = None\n"
+        "from batchtunnel.main import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    tunnel = broker.client.create_tunnel("minimal")
+    procs.start(
+        "minimal-agent",
+        [sys.executable, "-c", code, "agent", "--url", broker.agent_url, "--cafile", broker.pki.ca],
+        env={"BATCHTUNNEL_TOKEN": tunnel["token"]},
+    )
+    wait_until(lambda: broker.agent_connected(tunnel["id"]), 15, "the minimal agent to connect")
