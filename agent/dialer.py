@@ -26,6 +26,7 @@ class AgentConfig:
     url: str
     token: str
     cafile: str | None = None
+    cadata: str | None = None  # PEM text of the CA (BATCHTUNNEL_CA_PEM), instead of a file
     insecure: bool = False
     allow_ports: list[int] = field(default_factory=list)
     heartbeat_interval: float = 5.0
@@ -73,7 +74,7 @@ class Agent:
     def _ssl(self) -> ssl.SSLContext | None:
         if urlsplit(self.config.url).scheme != "wss":
             return None
-        ctx = ssl.create_default_context(cafile=self.config.cafile)
+        ctx = ssl.create_default_context(cafile=self.config.cafile, cadata=self.config.cadata)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         return ctx
 

@@ -18,7 +18,8 @@ Dial out to the broker and serve the streams it opens by connecting to
 the cluster). Reconnects forever with exponential backoff and jitter.
 
 The tunnel token comes from BATCHTUNNEL_TOKEN or --token-file, never from the
-command line. With `-- COMMAND ...` the agent runs COMMAND, forwards SIGTERM,
+command line. The broker's CA may also come as PEM text in BATCHTUNNEL_CA_PEM
+(the spawners pass it that way, so nodes need no copy of the file). With `-- COMMAND ...` the agent runs COMMAND, forwards SIGTERM,
 SIGINT, SIGHUP, SIGUSR1 and SIGUSR2 to it, and exits with its exit status.
 
 Example:
@@ -59,7 +60,8 @@ def run(values: dict[str, Any], args: argparse.Namespace) -> int:
     token = read_secret("BATCHTUNNEL_TOKEN", values["token_file"], "tunnel token")
     os.environ.pop("BATCHTUNNEL_TOKEN", None)  # the wrapped command does not need it
     config = AgentConfig(
-        url=values["url"], token=token, cafile=values["cafile"], insecure=bool(values["insecure"]),
+        url=values["url"], token=token, cafile=values["cafile"], cadata=os.environ.get("BATCHTUNNEL_CA_PEM"),
+        insecure=bool(values["insecure"]),
         allow_ports=values["allow_port"], heartbeat_interval=values["heartbeat_interval"],
         heartbeat_timeout=values["heartbeat_timeout"], connect_timeout=values["connect_timeout"],
         backoff_initial=values["backoff_initial"], backoff_max=values["backoff_max"],

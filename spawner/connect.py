@@ -1,0 +1,186 @@
+"""The connect-to-job step, for any batchspawner class (the paper's feature, batchspawner PR #200).
+
+``connect_to_job_cmd`` is a template rendered once the job runs and the
+notebook reported its port, then run in the background on the hub and watched.
+Examples (str.format or Jinja, as batchspawner's own templates)::
+
+    batchtunnel connect --tunnel {tunnel_id} --port {port} --rport {rport}   # our broker (default)
+    ssh -N -L {port}:localhost:{rport} {host}                                # a site's own forward
+    condor_ssh_to_job -auto-retry {job_id} -N -L {port}:localhost:{rport}    # the paper's HTCondor way
+
+Variables: ``{job_id}`` the batch job id, ``{host}`` the execute host the batch
+system reports, ``{port}``, ``{rport}``, plus every ``req_*`` value (``{username}``,
+...). If the template mentions ``rport``, ``{port}`` is a free port on the hub
+and ``{rport}`` the notebook's port on the node; otherwise ``{port}`` is the
+notebook's port. Values are shell-quoted before substitution.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shlex
+from typing import Any
+
+from batchspawner.batchspawner import format_template
+from jupyterhub.utils import random_port
+from traitlets import Float, Integer, Unicode
+from traitlets.config import Configurable
+
+from .background import BackgroundCommand
+
+_RPORT = re.compile(r"\brport\b")
+
+
+class ConnectToJobError(RuntimeError):
+    """The connect-to-job command could not be rendered or did not stay up."""
+
+
+class ConnectToJobMixin(Configurable):
+    """Adds the connect-to-job step to a batchspawner class: put it before the class in the bases."""
+
+    connect_to_job_cmd = Unicode(
+        "",
+        help="""
+        Command run on the hub, in the background, once the job runs and the notebook reported its port;
+        it must make the notebook reachable from the hub and stay in the foreground while it does.
+
+        Template variables: {job_id}, {host}, {port}, {rport} and the req_* values ({username}, ...),
+        in str.format or Jinja syntax. If it mentions {rport}, {port} is a free port on the hub and
+        {rport} the notebook's port on the node; otherwise {port} is the notebook's port. The proxy is
+        then pointed at connect_ip:{port}.
+
+        Empty: no connect step; the spawner behaves exactly like plain batchspawner.
+        """,
+    ).tag(config=True)
+
+    connect_startup_check = Float(
+        1.0,
+        help="""
+        Seconds after starting connect_to_job_cmd at which it must still be running; if it has exited
+        by then, the spawn fails with its exit status and last output. 0 checks at once.
+        """,
+    ).tag(config=True)
+
+    connect_ip = Unicode(
+        "127.0.0.1",
+        help="""
+        Hub-side address the proxy uses to reach the notebook when connect_to_job_cmd is set (where the
+        command listens). Not the execute host: that is what the connect step replaces.
+        """,
+    ).tag(config=True)
+
+    connect_stop_timeout = Float(
+        5.0,
+        help="Seconds the connect command's process group gets to exit after SIGTERM before SIGKILL.",
+    ).tag(config=True)
+
+    # State (get_state/load_state): survives a hub restart, so the running command can be adopted.
+    connect_pid = Integer(0)
+    connect_port = Integer(0)
+    connect_command = Unicode("")
+
+    stop_reason = Unicode("", help="Why the server stopped, when we know (shown to the user).")
+
+    _connect: BackgroundCommand | None = None  # assigned per instance, never mutated in place
+
+    # -- hooks for subclasses
+
+    def connect_subvars(self) -> dict[str, Any]:
+        """Extra template variables (the tunnel spawners add {tunnel_id})."""
+        return {}
+
+    def connect_env(self) -> dict[str, str]:
+        """The environment of the connect command: the hub's, by default."""
+        return dict(os.environ)
+
+    # -- rendering
+
+    def render_connect_cmd(self, host: str, notebook_port: int) -> tuple[str, int]:
+        """Return the command line and the hub-side port the proxy should use.
+
+        Raises:
+            ConnectToJobError: the template names an unknown variable or does not parse.
+        """
+        template = self.connect_to_job_cmd
+        if _RPORT.search(template):
+            port, rport = random_port(), notebook_port
+        else:
+            port = rport = notebook_port
+        values: dict[str, Any] = dict(self.get_req_subvars())  # type: ignore[attr-defined]
+        values.update(self.connect_subvars())
+        values.update(job_id=self.job_id, host=host, port=port, rport=rport)  # type: ignore[attr-defined]
+        quoted = {k: shlex.quote(v) if isinstance(v, str) else v for k, v in values.items()}
+        try:
+            return format_template(template, **quoted), port
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ConnectToJobError(f"connect_to_job_cmd cannot be rendered: {exc!r}") from None
+
+    # -- lifecycle
+
+    async def start(self) -> Any:
+        self.stop_reason = ""
+        ip, port = await super().start()  # type: ignore[misc]
+        if not self.connect_to_job_cmd:
+            return ip, port
+        command, local_port = self.render_connect_cmd(ip, port)
+        connect = BackgroundCommand(command, self.connect_env(), name="connect-to-job command")
+        self.log.info("Starting connect-to-job command for job %s: %s", self.job_id, command)  # type: ignore[attr-defined]
+        await connect.start()
+        self._connect = connect
+        await asyncio.sleep(self.connect_startup_check)
+        if connect.exited():
+            reason = connect.describe_exit()
+            await connect.terminate(self.connect_stop_timeout)
+            self._connect = None
+            raise ConnectToJobError(f"Could not connect to the notebook: {reason}")
+        assert connect.pid is not None
+        self.connect_pid, self.connect_port, self.connect_command = connect.pid, local_port, command
+        self.ip, self.port = self.connect_ip, local_port
+        return self.ip, self.port
+
+    async def poll(self) -> int | None:
+        connect = self._watched_connect()
+        if connect is not None and connect.exited():
+            self.stop_reason = connect.describe_exit()
+            self.log.warning("Server of %s stopped: %s", self.user.name, self.stop_reason)  # type: ignore[attr-defined]
+            self._connect = None
+            return 1
+        status: int | None = await super().poll()  # type: ignore[misc]
+        return status
+
+    async def stop(self, now: bool = False) -> None:
+        connect = self._watched_connect()
+        if connect is not None:
+            await connect.terminate(self.connect_stop_timeout)
+            self._connect = None
+        self.connect_pid = 0
+        await super().stop(now=now)  # type: ignore[misc]
+
+    def _watched_connect(self) -> BackgroundCommand | None:
+        """The running command: ours, or the one an earlier hub process started (adopted by PID)."""
+        if self._connect is None and self.connect_pid:
+            self._connect = BackgroundCommand.adopt(self.connect_pid, self.connect_command,
+                                                    name="connect-to-job command")
+        return self._connect
+
+    # -- state
+
+    def get_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = super().get_state()  # type: ignore[misc]
+        if self.connect_pid:
+            state.update(connect_pid=self.connect_pid, connect_port=self.connect_port,
+                         connect_command=self.connect_command)
+        return state
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        super().load_state(state)  # type: ignore[misc]
+        self.connect_pid = int(state.get("connect_pid", 0))
+        self.connect_port = int(state.get("connect_port", 0))
+        self.connect_command = str(state.get("connect_command", ""))
+
+    def clear_state(self) -> None:
+        super().clear_state()  # type: ignore[misc]
+        self.connect_pid = self.connect_port = 0
+        self.connect_command = ""

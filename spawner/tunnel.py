@@ -1,0 +1,231 @@
+"""The broker-backed connect step: a tunnel per job, an agent wrapping the notebook inside the job.
+
+At submission the spawner creates a tunnel at the broker and passes the agent
+its token, the broker URL and CA in the job's *environment* (never in the
+script text or argv). The batch script runs ``batchtunnel agent -- <notebook>``;
+the notebook listens on 127.0.0.1 on the node. The connect step (by default
+``batchtunnel connect``) exposes the tunnel on a hub-side port for the proxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from batchspawner.batchspawner import format_template
+from traitlets import List, Unicode, default
+
+from ..broker.client import ApiError, BrokerClient
+from .connect import ConnectToJobMixin
+
+
+class BrokerTunnelMixin(ConnectToJobMixin):
+    """Connects a batchspawner class's jobs through our broker. Put it first in the bases."""
+
+    broker_url = Unicode(
+        "",
+        help="""
+        URL the agent inside the job dials: wss://HOST:PORT/agent, HOST being the broker's name as the
+        compute nodes resolve it (it must match the broker certificate). Required.
+        """,
+    ).tag(config=True)
+
+    broker_api_url = Unicode(
+        "http://127.0.0.1:8766",
+        help="The broker's admin API, as reachable from the hub (normally loopback).",
+    ).tag(config=True)
+
+    broker_admin_token_file = Unicode(
+        "",
+        help="""
+        File holding the broker's admin token. Empty: the hub's BATCHTUNNEL_ADMIN_TOKEN environment
+        variable. Passed on to the connect command as a file or variable, never on its command line.
+        """,
+    ).tag(config=True)
+
+    broker_ca_file = Unicode(
+        "",
+        help="""
+        PEM file of the CA the agent uses to verify the broker (`batchtunnel certs init` writes ca.pem).
+        Its content goes to the job as BATCHTUNNEL_CA_PEM, so nodes need no copy of the file.
+        Empty: the nodes' system CAs.
+        """,
+    ).tag(config=True)
+
+    agent_cmd = List(
+        Unicode(),
+        ["batchtunnel", "agent"],
+        help="Command line, inside the job, that starts the agent (the job's Python environment).",
+    ).tag(config=True)
+
+    notebook_ip = Unicode(
+        "127.0.0.1",
+        help="""
+        Address the notebook listens on, on the node. Keep loopback: the agent connects there, and
+        nothing else on the node or its network can reach it. (batchspawner alone binds 0.0.0.0.)
+        """,
+    ).tag(config=True)
+
+    tunnel_id = Unicode("")  # state
+    _agent_token = ""  # memory only: given to the job once, never stored
+
+    @default("connect_to_job_cmd")
+    def _default_connect_cmd(self) -> str:
+        return "batchtunnel connect --tunnel {tunnel_id} --port {port} --rport {rport}"
+
+    # -- broker
+
+    def broker_client(self) -> BrokerClient:
+        if self.broker_admin_token_file:
+            with open(self.broker_admin_token_file, encoding="utf-8") as f:
+                token = f.read().strip()
+        else:
+            token = os.environ.get("BATCHTUNNEL_ADMIN_TOKEN", "")
+        if not token:
+            raise RuntimeError("batchtunnel: no broker admin token (broker_admin_token_file or "
+                               "BATCHTUNNEL_ADMIN_TOKEN)")
+        return BrokerClient(self.broker_api_url, token)
+
+    async def _broker(self, method: str, *args: Any) -> Any:
+        client = self.broker_client()
+        return await asyncio.get_running_loop().run_in_executor(None, getattr(client, method), *args)
+
+    async def create_tunnel(self) -> None:
+        if not self.broker_url:
+            raise RuntimeError("batchtunnel: set broker_url (wss://HOST:PORT/agent) in the spawner config")
+        created = await self._broker("create_tunnel", self.user.name)  # type: ignore[attr-defined]
+        self.tunnel_id, self._agent_token = created["id"], created["token"]
+        self.log.info("Tunnel %s created for %s", self.tunnel_id, self.user.name)  # type: ignore[attr-defined]
+
+    async def delete_tunnel(self) -> None:
+        if not self.tunnel_id:
+            return
+        try:
+            await self._broker("delete_tunnel", self.tunnel_id)
+        except ApiError as exc:
+            if exc.status != 404:
+                self.log.warning("Could not delete tunnel %s: %s", self.tunnel_id, exc)  # type: ignore[attr-defined]
+                return
+        self.log.info("Tunnel %s deleted", self.tunnel_id)  # type: ignore[attr-defined]
+        self.tunnel_id = ""
+
+    # -- the job
+
+    async def submit_batch_script(self) -> str:
+        """Create the tunnel, then submit. The environment is never logged (it holds the agent token)."""
+        await self.create_tunnel()
+        try:
+            subvars = self.get_req_subvars()  # type: ignore[attr-defined]
+            cmd = " ".join((format_template(self.exec_prefix, **subvars),  # type: ignore[attr-defined]
+                            format_template(self.batch_submit_cmd, **subvars)))  # type: ignore[attr-defined]
+            subvars["cmd"] = self.cmd_formatted_for_batch()
+            subvars.update(self.validated_options())
+            script = await self._get_batch_script(**subvars)  # type: ignore[attr-defined]
+            self.log.info("Submitting job for %s: %s", self.user.name, cmd)  # type: ignore[attr-defined]
+            self.log.debug("Batch script:\n%s", script)  # type: ignore[attr-defined]
+            out = await self.run_command(cmd, input=script, env=self.get_env())  # type: ignore[attr-defined]
+            self.job_id = self.parse_job_id(out)  # type: ignore[attr-defined]
+        except BaseException:
+            await self.delete_tunnel()
+            raise
+        finally:
+            self._agent_token = ""
+        self.log.info("Job %s submitted for %s", self.job_id, self.user.name)  # type: ignore[attr-defined]
+        return str(self.job_id)  # type: ignore[attr-defined]
+
+    def validated_options(self) -> dict[str, Any]:
+        """Template variables from the options form, validated (none by default)."""
+        return {}
+
+    def get_env(self) -> dict[str, str]:
+        env: dict[str, str] = super().get_env()  # type: ignore[misc]
+        service_url = env.get("JUPYTERHUB_SERVICE_URL")
+        if service_url:  # batchspawner resets ip to 0.0.0.0; bind the notebook to loopback instead
+            parts = urlsplit(service_url)
+            env["JUPYTERHUB_SERVICE_URL"] = urlunsplit(
+                parts._replace(netloc=f"{self.notebook_ip}:{parts.port or 0}"))
+        if self._agent_token:
+            env["BATCHTUNNEL_TOKEN"] = self._agent_token
+            env["BATCHTUNNEL_URL"] = self.broker_url
+            if self.broker_ca_file:
+                with open(self.broker_ca_file, encoding="utf-8") as f:
+                    env["BATCHTUNNEL_CA_PEM"] = f.read()
+        return env
+
+    def cmd_formatted_for_batch(self) -> str:
+        inner: str = super().cmd_formatted_for_batch()  # type: ignore[misc]
+        return f"{shlex.join(self.agent_cmd)} -- {inner}"
+
+    # -- the connect step
+
+    def connect_subvars(self) -> dict[str, Any]:
+        return {"tunnel_id": self.tunnel_id}
+
+    def connect_env(self) -> dict[str, str]:
+        env = super().connect_env()
+        env["BATCHTUNNEL_API_URL"] = self.broker_api_url
+        if self.broker_admin_token_file:
+            env["BATCHTUNNEL_ADMIN_TOKEN_FILE"] = self.broker_admin_token_file
+        return env
+
+    async def stop(self, now: bool = False) -> None:
+        try:
+            await super().stop(now=now)
+        finally:
+            await self.delete_tunnel()
+
+    async def agent_connected(self) -> bool:
+        if not self.tunnel_id:
+            return False
+        try:
+            tunnel = await self._broker("tunnel", self.tunnel_id)
+        except ApiError:
+            return False
+        return bool(tunnel["agent"]["connected"])
+
+    async def progress(self) -> Any:
+        """Spawn-page messages: submitted, queued (with the reason), running on a node, agent connected."""
+        said = ""
+        while True:
+            message = await self.progress_message()
+            if message and message != said:
+                said = message
+                yield {"message": message}
+            await asyncio.sleep(1)
+
+    async def progress_message(self) -> str:
+        if not getattr(self, "job_id", ""):
+            return "Submitting the batch job..."
+        if self.state_ispending():  # type: ignore[attr-defined]
+            reason = self.pending_reason()
+            return f"Job {self.job_id} queued" + (f": {reason}" if reason else "")  # type: ignore[attr-defined]
+        if self.state_isrunning():  # type: ignore[attr-defined]
+            host = self.state_gethost()  # type: ignore[attr-defined]
+            if await self.agent_connected():
+                return f"Job {self.job_id} running on {host}; tunnel up, waiting for the notebook"  # type: ignore[attr-defined]
+            return f"Job {self.job_id} running on {host}; waiting for its agent to connect"  # type: ignore[attr-defined]
+        return ""
+
+    def pending_reason(self) -> str:
+        """Why the job waits, if the batch system said (override per backend)."""
+        return ""
+
+    # -- state
+
+    def get_state(self) -> dict[str, Any]:
+        state = super().get_state()
+        if self.tunnel_id:
+            state["tunnel_id"] = self.tunnel_id
+        return state
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        super().load_state(state)
+        self.tunnel_id = str(state.get("tunnel_id", ""))
+
+    def clear_state(self) -> None:
+        super().clear_state()
+        # The tunnel id stays until stop() deleted the tunnel: clear_state also runs when poll()
+        # finds the job gone, and the tunnel must still be deleted then.

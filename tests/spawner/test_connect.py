@@ -1,0 +1,200 @@
+"""The connect-to-job step: rendering for every backend, and its commands' lifecycle with real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import subprocess
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from batchtunnel.spawner import (
+    CondorTunnelSpawner,
+    ConnectToJobError,
+    ConnectToJobMixin,
+    GridEngineTunnelSpawner,
+    LsfTunnelSpawner,
+    PBSTunnelSpawner,
+    SlurmTunnelSpawner,
+    TorqueTunnelSpawner,
+)
+from batchtunnel.spawner.background import _group_alive
+from tests.support.processes import BIN, ProcessGroup, free_port, port_open, wait_until
+
+BACKENDS = [SlurmTunnelSpawner, TorqueTunnelSpawner, PBSTunnelSpawner, LsfTunnelSpawner,
+            GridEngineTunnelSpawner, CondorTunnelSpawner]
+
+
+def user(name: str = "root") -> SimpleNamespace:
+    return SimpleNamespace(name=name, escaped_name=name, url=f"/user/{name}/", id=1, spawners={})
+
+
+@pytest.mark.parametrize("cls", BACKENDS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize(
+    "template, expected",
+    [
+        ("ssh -N -L {port}:localhost:{rport} {host}", "ssh -N -L {P}:localhost:8888 node1"),
+        ("ssh -N -L {{ port }}:localhost:{{rport}} {{host}}", "ssh -N -L {P}:localhost:8888 node1"),
+        ("condor_ssh_to_job {job_id} -L {port}:localhost:{port} # {username}",
+         "condor_ssh_to_job 42 -L 8888:localhost:8888 # root"),
+        ("batchtunnel connect --tunnel {tunnel_id} --port {port} --rport {rport}",
+         "batchtunnel connect --tunnel tabc --port {P} --rport 8888"),
+    ],
+)
+def test_rendering_for_every_backend(cls: type, template: str, expected: str) -> None:
+    spawner = cls(user=user(), req_keepvars="PATH", connect_to_job_cmd=template)
+    spawner.job_id, spawner.tunnel_id = "42", "tabc"
+    command, port = spawner.render_connect_cmd("node1", 8888)
+    if "rport" in template:
+        assert port != 8888  # a free port on the hub; {rport} is the notebook's
+    else:
+        assert port == 8888
+    assert command == expected.replace("{P}", str(port))
+
+
+def test_values_are_shell_quoted_and_unknown_variables_refused() -> None:
+    spawner = SlurmTunnelSpawner(user=user(), req_keepvars="PATH", connect_to_job_cmd="ssh {host}")
+    spawner.job_id = "1"
+    assert spawner.render_connect_cmd("n1; touch /tmp/pwned", 1)[0] == "ssh 'n1; touch /tmp/pwned'"
+    spawner.connect_to_job_cmd = "ssh {hots}"
+    with pytest.raises(ConnectToJobError, match="cannot be rendered"):
+        spawner.render_connect_cmd("n1", 1)
+
+
+def test_default_command_is_our_broker() -> None:
+    assert SlurmTunnelSpawner(user=user()).connect_to_job_cmd.startswith("batchtunnel connect --tunnel {tunnel_id}")
+
+
+class FakeBatch:
+    """Stands in for batchspawner's job handling (its start/poll/stop), not for the connect step."""
+
+    def __init__(self, notebook_port: int = 8888, **config: Any) -> None:
+        super().__init__(**config)
+        self.user = user()
+        self.log = logging.getLogger("test-spawner")
+        self.job_id = "42"
+        self.notebook_port = notebook_port
+        self.stopped = False
+        self.ip, self.port = "", 0
+
+    def get_req_subvars(self) -> dict[str, str]:
+        return {"username": self.user.name}
+
+    async def start(self) -> tuple[str, int]:
+        return "127.0.0.1", self.notebook_port
+
+    async def poll(self) -> int | None:
+        return None
+
+    async def stop(self, now: bool = False) -> None:
+        self.stopped = True
+
+    def get_state(self) -> dict[str, Any]:
+        return {"job_id": self.job_id}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.job_id = state.get("job_id", "")
+
+    def clear_state(self) -> None:
+        self.job_id = ""
+
+
+class Connecting(ConnectToJobMixin, FakeBatch):
+    pass
+
+
+async def test_empty_command_behaves_like_plain_batchspawner() -> None:
+    spawner = Connecting()
+    assert await spawner.start() == ("127.0.0.1", 8888)
+    assert spawner.get_state() == {"job_id": "42"}
+    assert await spawner.poll() is None
+
+
+async def test_command_exiting_at_startup_fails_the_spawn_with_its_output() -> None:
+    spawner = Connecting(connect_to_job_cmd="echo 'bind: Address already in use' >&2; exit 255",
+                         connect_startup_check=0.5)
+    with pytest.raises(ConnectToJobError, match="status 255: bind: Address already in use"):
+        await spawner.start()
+
+
+async def test_later_exit_is_reported_by_poll_with_the_reason() -> None:
+    spawner = Connecting(connect_to_job_cmd="sleep 0.6; echo tunnel closed by peer; exit 1",
+                         connect_startup_check=0.1)
+    await spawner.start()
+    assert await spawner.poll() is None
+    await asyncio.sleep(1.5)
+    assert await spawner.poll() == 1
+    assert spawner.stop_reason == "connect-to-job command exited with status 1: tunnel closed by peer"
+
+
+async def test_stop_kills_the_process_group_and_users_do_not_interfere(tmp_path: Path) -> None:
+    alice = Connecting(connect_to_job_cmd="sleep 300 & sleep 300; wait", connect_startup_check=0.1)
+    bob = Connecting(connect_to_job_cmd="sleep 300", connect_startup_check=0.1)
+    assert await alice.start() == ("127.0.0.1", 8888)
+    await bob.start()
+    alice_group, bob_group = alice.connect_pid, bob.connect_pid
+    await alice.stop()
+    assert alice.stopped and not _group_alive(alice_group)
+    assert await bob.poll() is None and _group_alive(bob.connect_pid)
+    await bob.stop()
+    assert not _group_alive(bob_group)
+
+
+async def test_command_is_adopted_after_a_hub_restart() -> None:
+    first = Connecting(connect_to_job_cmd="sleep 300", connect_startup_check=0.1)
+    await first.start()
+    state = first.get_state()
+    # A new hub process: a new spawner object, the same state; the command is still running.
+    second = Connecting(connect_to_job_cmd="sleep 300")
+    second.load_state(state)
+    assert await second.poll() is None
+    await second.stop()
+    assert not _group_alive(state["connect_pid"])
+
+
+@pytest.mark.skipif(not shutil.which("sshd") and not Path("/usr/sbin/sshd").exists(), reason="needs openssh-server")
+async def test_a_sites_own_ssh_forward_works_as_the_connect_command(
+    procs: ProcessGroup, tmp_path: Path
+) -> None:
+    keys = tmp_path / "ssh"
+    keys.mkdir()
+    for name in ("host", "client"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / name)], check=True)
+    shutil.copy(keys / "client.pub", keys / "authorized_keys")
+    ssh_port = free_port()
+    (keys / "sshd_config").write_text(
+        f"Port {ssh_port}\nListenAddress 127.0.0.1\nHostKey {keys / 'host'}\n"
+        f"AuthorizedKeysFile {keys / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
+        "PasswordAuthentication no\nUsePAM no\nStrictModes no\nAllowTcpForwarding yes\n"
+        f"PidFile {keys / 'sshd.pid'}\n"
+    )
+    Path("/run/sshd").mkdir(exist_ok=True)
+    procs.start("sshd", ["/usr/sbin/sshd", "-D", "-e", "-f", str(keys / "sshd_config")])
+    wait_until(lambda: port_open(ssh_port), 10, "sshd")
+    notebook_port = free_port()
+    procs.start("notebook", [str(BIN / "python"), "-m", "http.server", str(notebook_port), "--bind", "127.0.0.1"],
+                cwd=tmp_path)
+    wait_until(lambda: port_open(notebook_port), 10, "the stand-in notebook")
+    (tmp_path / "marker.txt").write_text("through ssh -L")
+
+    spawner = Connecting(
+        notebook_port=notebook_port, connect_startup_check=1.0,
+        connect_to_job_cmd=(
+            f"exec ssh -N -F /dev/null -i {keys / 'client'} -p {ssh_port} -o BatchMode=yes "
+            "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ExitOnForwardFailure=yes "
+            "-L {port}:localhost:{rport} root@{host}"
+        ),
+    )
+    ip, port = await spawner.start()
+    assert (ip, port) != ("127.0.0.1", notebook_port)  # the proxy goes to the hub-side end
+    await asyncio.get_running_loop().run_in_executor(None, wait_until, lambda: port_open(port), 10, "ssh -L")
+    body = await asyncio.get_running_loop().run_in_executor(
+        None, lambda: urllib.request.urlopen(f"http://{ip}:{port}/marker.txt", timeout=5).read())
+    assert body == b"through ssh -L"
+    await spawner.stop()
+    assert not port_open(port)  # no orphaned forwarder keeps the port
