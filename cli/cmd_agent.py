@@ -19,8 +19,10 @@ the cluster). Reconnects forever with exponential backoff and jitter.
 
 The tunnel token comes from BATCHTUNNEL_TOKEN or --token-file, never from the
 command line. The broker's CA may also come as PEM text in BATCHTUNNEL_CA_PEM
-(the spawners pass it that way, so nodes need no copy of the file). With `-- COMMAND ...` the agent runs COMMAND, forwards SIGTERM,
-SIGINT, SIGHUP, SIGUSR1 and SIGUSR2 to it, and exits with its exit status.
+(the spawners pass it that way, so nodes need no copy of the file).
+
+With `-- COMMAND ...` the agent runs COMMAND, forwards SIGTERM, SIGINT, SIGHUP,
+SIGUSR1 and SIGUSR2 to it, and exits with its exit status.
 
 Example:
   BATCHTUNNEL_TOKEN=... batchtunnel agent --url wss://hub.example.org:8765/agent \\

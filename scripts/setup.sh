@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Prepare a Debian machine (as root) to run batchtunnel from this checkout. Idempotent.
 #   scripts/setup.sh [EXTRAS]     EXTRAS: pip extras to install, default "test,broker,fast"
+# Environment: SETUP_APT="pkg ..." extra Debian packages; SETUP_CHP=1 also installs Node.js (if missing)
+# and configurable-http-proxy into .node/ (its binary: .node/node_modules/.bin/configurable-http-proxy).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras=${1:-test,broker,fast}
@@ -20,6 +22,14 @@ if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
     apt_install python3 python3-venv
 fi
 [ -n "${SETUP_APT:-}" ] && apt_install $SETUP_APT
+
+if [ -n "${SETUP_CHP:-}" ]; then
+    command -v npm >/dev/null 2>&1 || apt_install nodejs npm
+    if [ ! -x .node/node_modules/.bin/configurable-http-proxy ]; then
+        echo "setup: npm install configurable-http-proxy"
+        npm install --silent --no-fund --no-audit --prefix .node configurable-http-proxy@5.3.0 >/dev/null
+    fi
+fi
 
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv

@@ -100,7 +100,8 @@ class BackgroundCommand:
         _signal_group(self.pid, signal.SIGTERM)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while _group_alive(self.pid) and loop.time() < deadline:
+        # Polling /proc: processes of the group that are not our children give no event to wait on.
+        while _group_alive(self.pid) and loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         if _group_alive(self.pid):
             log.warning("%s (pid %d) ignored SIGTERM for %.0f s; killing its group", self.name, self.pid, timeout)

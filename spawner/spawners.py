@@ -15,7 +15,6 @@ Registered under the ``jupyterhub.spawners`` entry point, so
 
 from __future__ import annotations
 
-
 from batchspawner import CondorSpawner, GridengineSpawner, LsfSpawner, PBSSpawner, SlurmSpawner, TorqueSpawner
 from traitlets import Unicode
 

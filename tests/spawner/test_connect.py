@@ -12,7 +12,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-
 from batchtunnel.spawner import (
     CondorTunnelSpawner,
     ConnectToJobError,
@@ -24,6 +23,7 @@ from batchtunnel.spawner import (
     TorqueTunnelSpawner,
 )
 from batchtunnel.spawner.background import _group_alive
+
 from tests.support.processes import BIN, ProcessGroup, free_port, port_open, wait_until
 
 BACKENDS = [SlurmTunnelSpawner, TorqueTunnelSpawner, PBSTunnelSpawner, LsfTunnelSpawner,
@@ -157,10 +157,11 @@ async def test_command_is_adopted_after_a_hub_restart() -> None:
     assert not _group_alive(state["connect_pid"])
 
 
-@pytest.mark.skipif(not shutil.which("sshd") and not Path("/usr/sbin/sshd").exists(), reason="needs openssh-server")
-async def test_a_sites_own_ssh_forward_works_as_the_connect_command(
-    procs: ProcessGroup, tmp_path: Path
-) -> None:
+@pytest.fixture
+def sshd(procs: ProcessGroup, tmp_path: Path) -> tuple[Path, int]:
+    """An sshd on loopback with throwaway keys: (key directory, port)."""
+    if not Path("/usr/sbin/sshd").exists():
+        pytest.skip("needs openssh-server (scripts/test.sh installs it)")
     keys = tmp_path / "ssh"
     keys.mkdir()
     for name in ("host", "client"):
@@ -176,12 +177,25 @@ async def test_a_sites_own_ssh_forward_works_as_the_connect_command(
     Path("/run/sshd").mkdir(exist_ok=True)
     procs.start("sshd", ["/usr/sbin/sshd", "-D", "-e", "-f", str(keys / "sshd_config")])
     wait_until(lambda: port_open(ssh_port), 10, "sshd")
-    notebook_port = free_port()
-    procs.start("notebook", [str(BIN / "python"), "-m", "http.server", str(notebook_port), "--bind", "127.0.0.1"],
-                cwd=tmp_path)
-    wait_until(lambda: port_open(notebook_port), 10, "the stand-in notebook")
-    (tmp_path / "marker.txt").write_text("through ssh -L")
+    return keys, ssh_port
 
+
+@pytest.fixture
+def marker_server(procs: ProcessGroup, tmp_path: Path) -> int:
+    """A stand-in notebook serving marker.txt; returns its port."""
+    (tmp_path / "marker.txt").write_text("through ssh -L")
+    port = free_port()
+    procs.start("notebook", [str(BIN / "python"), "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+                cwd=tmp_path)
+    wait_until(lambda: port_open(port), 10, "the stand-in notebook")
+    return port
+
+
+async def test_a_sites_own_ssh_forward_works_as_the_connect_command(
+    sshd: tuple[Path, int], marker_server: int
+) -> None:
+    keys, ssh_port = sshd
+    notebook_port = marker_server
     spawner = Connecting(
         notebook_port=notebook_port, connect_startup_check=1.0,
         connect_to_job_cmd=(

@@ -1,0 +1,114 @@
+"""SlurmTunnelSpawner in a real JupyterHub with the real configurable-http-proxy and our broker.
+
+Slurm itself is a stand-in at the command boundary (tests/support/fakeslurm); the job runs the real
+agent and the real jupyterhub-singleuser. The real cluster is the real-Slurm end-to-end tests' job.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.support.hub import CHP, Hub, ensure_user
+from tests.support.processes import ProcessGroup, port_open, wait_until
+from tests.support.tunnel import BrokerProcess, Pki
+
+pytestmark = pytest.mark.skipif(not CHP.exists(), reason="needs configurable-http-proxy (scripts/test.sh installs it)")
+
+
+@pytest.fixture
+def broker(procs: ProcessGroup, pki: Pki, tmp_path: Path) -> BrokerProcess:
+    return BrokerProcess(procs, pki, tmp_path / "broker")
+
+
+def spawn(hub: Hub, user: str) -> list[dict[str, object]]:
+    ensure_user(user)
+    status, _ = hub.api("POST", f"/hub/api/users/{user}")
+    assert status in (201, 409)
+    status, body = hub.api("POST", f"/hub/api/users/{user}/server")
+    assert status in (201, 202), body
+    events = hub.progress(user)
+    assert events and events[-1].get("ready"), events
+    return events
+
+
+def notebook_status(hub: Hub, user: str) -> dict[str, object]:
+    req = urllib.request.Request(f"http://127.0.0.1:{hub.port}/user/{user}/api/status")
+    req.add_header("Authorization", f"token {hub.token}")
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        result: dict[str, object] = json.load(resp)
+        return result
+
+
+def test_spawn_reach_the_notebook_through_the_broker_and_stop(
+    procs: ProcessGroup, broker: BrokerProcess, tmp_path: Path
+) -> None:
+    hub = Hub(procs, tmp_path / "hub", broker, pending=2)
+    events = spawn(hub, "btalice")
+    messages = [str(e.get("message", "")) for e in events]
+    assert any(re.search(r"Job \d+ queued: Resources", m) for m in messages), messages
+    assert any("running on localhost" in m for m in messages), messages
+
+    # The proxy points at the hub-side end of the tunnel, not at the execute host.
+    (tunnel,) = broker.client.tunnels()
+    (exposure,) = tunnel["exposures"]
+    assert tunnel["agent"]["connected"] and tunnel["name"] == "btalice"
+    assert hub.route_target("btalice") == f"http://127.0.0.1:{exposure['port']}"
+    assert "started" in notebook_status(hub, "btalice")
+
+    # The job got its credentials through the environment, not through the script.
+    (job,) = hub.jobs_running()
+    script = (hub.slurm_dir / f"{job}.sh").read_text()
+    env = json.loads((hub.slurm_dir / f"{job}.env.json").read_text())
+    token = env["BATCHTUNNEL_TOKEN"]
+    assert token.startswith(tunnel["id"] + ".") and token not in script
+    assert "batchtunnel agent --" in script
+    assert env["JUPYTERHUB_SERVICE_URL"].startswith("http://127.0.0.1:")  # notebook on loopback
+    assert token not in hub.proc.log()  # type: ignore[union-attr]
+
+    status, _ = hub.api("DELETE", "/hub/api/users/btalice/server")
+    assert status in (202, 204)
+    wait_until(lambda: not hub.jobs_running(), 30, "the job to leave the queue")
+    wait_until(lambda: broker.client.tunnels() == [], 30, "the tunnel to be deleted")
+    assert not port_open(exposure["port"])
+
+
+def test_port_report_accepts_only_the_port(procs: ProcessGroup, broker: BrokerProcess, tmp_path: Path) -> None:
+    hub = Hub(procs, tmp_path / "hub", broker)
+    spawn(hub, "btbob")
+    (job,) = hub.jobs_running()
+    job_token = json.loads((hub.slurm_dir / f"{job}.env.json").read_text())["JUPYTERHUB_API_TOKEN"]
+    marker = tmp_path / "pwned"
+    status, body = hub.api("POST", "/hub/api/batchspawner",
+                           {"port": 1234, "batch_cancel_cmd": f"touch {marker}", "exec_prefix": ""},
+                           token=job_token)
+    assert status == 400 and "only 'port' may be reported" in json.dumps(body)
+    status, _ = hub.api("POST", "/hub/api/batchspawner", {"port": "80; rm -rf /"}, token=job_token)
+    assert status == 400
+    # Stopping still runs the configured scancel, not the posted command.
+    hub.api("DELETE", "/hub/api/users/btbob/server")
+    wait_until(lambda: not hub.jobs_running(), 30, "the job to be cancelled")
+    assert not marker.exists()
+
+
+def test_notebook_survives_a_hub_kill9_and_restart(
+    procs: ProcessGroup, broker: BrokerProcess, tmp_path: Path
+) -> None:
+    hub = Hub(procs, tmp_path / "hub", broker)
+    spawn(hub, "btcarol")
+    (job,) = hub.jobs_running()
+    started = notebook_status(hub, "btcarol")["started"]
+
+    hub.kill9()
+    hub.start()
+    # The spawner re-attached: the same job, the same notebook, reachable through the proxy.
+    wait_until(lambda: hub.api("GET", "/hub/api/users/btcarol")[1]["servers"].get("", {}).get("ready"), 60,
+               "the hub to find the server running")
+    assert hub.jobs_running() == [job]
+    assert notebook_status(hub, "btcarol")["started"] == started
+    hub.api("DELETE", "/hub/api/users/btcarol/server")
+    wait_until(lambda: not hub.jobs_running(), 30, "the job to be cancelled")

@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""A stand-in for Slurm at the command boundary (sbatch, squeue, scancel), for spawner tests.
+
+Jobs run on this machine: ``sbatch`` starts the script from stdin with the
+environment it was given, in its own session. State lives in $FAKESLURM_DIR.
+``FAKESLURM_PENDING=<seconds>`` keeps new jobs PENDING (reason "Resources") that long.
+Real Slurm is exercised by the real-Slurm end-to-end tests; this only models
+what the spawner sees.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+STATE = Path(os.environ.get("FAKESLURM_DIR", "/tmp/fakeslurm"))
+
+
+def sbatch(args: list[str]) -> int:
+    STATE.mkdir(parents=True, exist_ok=True)
+    counter = STATE / "counter"
+    job = int(counter.read_text()) + 1 if counter.exists() else 1
+    counter.write_text(str(job))
+    script = sys.stdin.read()
+    (STATE / f"{job}.sh").write_text(script)
+    env_file = STATE / f"{job}.env.json"
+    env_file.touch(mode=0o600)
+    env_file.write_text(json.dumps(dict(os.environ)))
+    chdir = next((line.split("=", 1)[1] for line in script.splitlines()
+                  if line.startswith("#SBATCH --chdir=")), str(STATE))
+    pending = float(os.environ.get("FAKESLURM_PENDING", "0"))
+    started = STATE / f"{job}.started"
+    wrapper = f"sleep {pending}; touch {started}; exec bash {STATE / f'{job}.sh'}"
+    with open(STATE / f"{job}.out", "wb") as out:
+        proc = subprocess.Popen(["bash", "-c", wrapper], stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, cwd=chdir if os.path.isdir(chdir) else None,
+                                start_new_session=True)
+    (STATE / f"{job}.pid").write_text(str(proc.pid))
+    print(job if "--parsable" in args else f"Submitted batch job {job}")
+    return 0
+
+
+def _pid(job: str) -> int | None:
+    try:
+        pid = int((STATE / f"{job}.pid").read_text())
+    except (OSError, ValueError):
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                return None
+    except OSError:
+        return None
+    return pid
+
+
+def squeue(args: list[str]) -> int:
+    job = args[args.index("-j") + 1]
+    if _pid(job) is None:
+        return 0  # finished or unknown: nothing listed
+    if (STATE / f"{job}.started").exists():
+        print("RUNNING localhost None")
+    else:
+        print("PENDING n/a Resources")
+    return 0
+
+
+def scancel(args: list[str]) -> int:
+    job = args[0]
+    pid = _pid(job)
+    if pid is None:
+        return 0
+    os.killpg(pid, signal.SIGTERM)
+    for _ in range(100):
+        if _pid(job) is None:
+            return 0
+        time.sleep(0.05)
+    os.killpg(pid, signal.SIGKILL)
+    return 0
+
+
+if __name__ == "__main__":
+    command = Path(sys.argv[0]).name
+    sys.exit({"sbatch": sbatch, "squeue": squeue, "scancel": scancel}[command](sys.argv[1:]))

@@ -1,0 +1,159 @@
+"""A real JupyterHub (6.x) with the real configurable-http-proxy, configured for our spawners."""
+
+from __future__ import annotations
+
+import json
+import pwd
+import secrets
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from .processes import BIN, Proc, ProcessGroup, free_port, port_open, wait_until
+from .tunnel import ADMIN_TOKEN, BrokerProcess
+
+ROOT = Path(__file__).resolve().parents[2]
+CHP = ROOT / ".node" / "node_modules" / ".bin" / "configurable-http-proxy"
+FAKESLURM = Path(__file__).resolve().parent / "fakeslurm"
+
+
+def ensure_user(name: str) -> None:
+    """A real Linux account (batchspawner looks users up with getpwnam)."""
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", name], check=True)
+
+
+class Hub:
+    """``jupyterhub -f <generated config>``; the proxy keeps running if the hub dies (as sites run it)."""
+
+    def __init__(self, procs: ProcessGroup, workdir: Path, broker: BrokerProcess, pending: float = 0,
+                 **spawner: Any) -> None:
+        self.procs = procs
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port, self.api_port, self.proxy_api_port = free_port(), free_port(), free_port()
+        self.token = secrets.token_hex(16)
+        self.slurm_dir = workdir / "slurm"
+        (workdir / "admin.token").write_text(ADMIN_TOKEN)
+        (workdir / "admin.token").chmod(0o600)
+        settings: dict[str, Any] = {
+            "batch_submit_cmd": f"{FAKESLURM}/sbatch --parsable",
+            "batch_query_cmd": f"{FAKESLURM}/squeue -h -j {{job_id}} -o '%T %B %r'",
+            "batch_cancel_cmd": f"{FAKESLURM}/scancel {{job_id}}",
+            "exec_prefix": "",
+            "req_srun": "",
+            "startup_poll_interval": 0.2,
+            "broker_url": broker.agent_url,
+            "broker_api_url": broker.api_url,
+            "broker_admin_token_file": str(workdir / "admin.token"),
+            "broker_ca_file": broker.pki.ca,
+            "agent_cmd": [str(BIN / "batchtunnel"), "agent"],
+            "connect_to_job_cmd": f"{BIN / 'batchtunnel'} connect --tunnel {{tunnel_id}} --port {{port}} "
+                                  "--rport {rport} --poll-interval 0.5",
+            "batchspawner_singleuser_cmd": str(BIN / "batchspawner-singleuser"),
+            **spawner,
+        }
+        lines = [
+            "c = get_config()  # noqa",
+            "c.JupyterHub.ip = '127.0.0.1'",
+            f"c.JupyterHub.port = {self.port}",
+            "c.JupyterHub.hub_ip = '127.0.0.1'",
+            f"c.JupyterHub.hub_port = {self.api_port}",
+            f"c.ConfigurableHTTPProxy.api_url = 'http://127.0.0.1:{self.proxy_api_port}'",
+            f"c.ConfigurableHTTPProxy.command = [{str(CHP)!r}]",
+            f"c.ConfigurableHTTPProxy.auth_token = {secrets.token_hex(16)!r}",
+            "c.JupyterHub.cleanup_servers = False",
+            "c.JupyterHub.tornado_settings = {'slow_spawn_timeout': 0}",
+            f"c.JupyterHub.db_url = 'sqlite:///{workdir}/jupyterhub.sqlite'",
+            f"c.JupyterHub.cookie_secret_file = '{workdir}/cookie_secret'",
+            "c.JupyterHub.authenticator_class = 'dummy'",
+            "c.Authenticator.allow_all = True",
+            f"c.JupyterHub.services = [{{'name': 'tester', 'api_token': {self.token!r}}}]",
+            "c.JupyterHub.load_roles = [{'name': 'tester', 'services': ['tester'], 'scopes': "
+            "['admin:users', 'admin:servers', 'access:servers', 'read:users', 'list:users']}]",
+            "c.JupyterHub.spawner_class = 'slurm-tunnel'",
+            f"c.Spawner.cmd = [{str(BIN / 'jupyterhub-singleuser')!r}]",
+            "c.Spawner.args = ['--allow-root']",
+            "c.Spawner.start_timeout = 120",
+            "c.Spawner.http_timeout = 60",
+            "c.Spawner.env_keep = ['PATH', 'LANG', 'LC_ALL', 'FAKESLURM_DIR', 'FAKESLURM_PENDING']",
+        ]
+        lines += [f"c.SlurmTunnelSpawner.{key} = {value!r}" for key, value in settings.items()]
+        self.config = workdir / "jupyterhub_config.py"
+        self.config.write_text("\n".join(lines) + "\n")
+        self.env = {"FAKESLURM_DIR": str(self.slurm_dir), "FAKESLURM_PENDING": str(pending)}
+        self.proc: Proc | None = None
+        self.starts = 0
+        self.start()
+
+    def start(self) -> None:
+        self.starts += 1
+        self.proc = self.procs.start(f"jupyterhub-{self.starts}", [str(BIN / "jupyterhub"), "-f", str(self.config)],
+                                     env=self.env, cwd=self.workdir)
+        wait_until(lambda: self.api("GET", "/hub/api/")[0] == 200, 60, "JupyterHub's API")
+
+    def kill9(self) -> None:
+        """SIGKILL the hub process alone; the proxy and the connect commands live on, as at a site."""
+        assert self.proc is not None
+        self.proc.signal(9)
+        self.proc.wait(10)
+
+    def api(self, method: str, path: str, body: Any = None, token: str | None = None) -> tuple[int, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data, method=method)
+        req.add_header("Authorization", f"token {token or self.token}")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                raw = resp.read()
+                return resp.status, json.loads(raw) if raw.strip().startswith((b"{", b"[")) else raw
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            try:
+                return exc.code, json.loads(raw)
+            except ValueError:
+                return exc.code, raw
+
+    def progress(self, user: str, timeout: float = 120) -> list[dict[str, Any]]:
+        """Read the spawn progress event stream until it reports ready (or failed)."""
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/hub/api/users/{user}/server/progress")
+        req.add_header("Authorization", f"token {self.token}")
+        events: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            for raw in resp:
+                line = raw.decode().strip()
+                if line.startswith("data:"):
+                    event = json.loads(line[5:])
+                    events.append(event)
+                    if event.get("ready") or event.get("failed"):
+                        break
+                if time.monotonic() > deadline:
+                    break
+        return events
+
+    def route_target(self, user: str) -> str | None:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.proxy_api_port}/api/routes")
+        auth = next(line for line in self.config.read_text().splitlines() if "auth_token" in line)
+        req.add_header("Authorization", f"token {auth.split('=', 1)[1].strip().strip(chr(39))}")
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            routes = json.load(resp)
+        route = routes.get(f"/user/{user}") or routes.get(f"/user/{user}/")
+        return None if route is None else str(route["target"])
+
+    def jobs_running(self) -> list[str]:
+        running = []
+        for pidfile in self.slurm_dir.glob("*.pid"):
+            out = subprocess.run([str(FAKESLURM / "squeue"), "-h", "-j", pidfile.stem], capture_output=True,
+                                 text=True, env={"FAKESLURM_DIR": str(self.slurm_dir)}).stdout
+            if out.strip():
+                running.append(pidfile.stem)
+        return running
+
+
+def open_port(port: int) -> bool:
+    return port_open(port)
