@@ -15,9 +15,12 @@ Registered under the ``jupyterhub.spawners`` entry point, so
 
 from __future__ import annotations
 
+from typing import Any
+
 from batchspawner import CondorSpawner, GridengineSpawner, LsfSpawner, PBSSpawner, SlurmSpawner, TorqueSpawner
 from traitlets import Unicode
 
+from .options import Choice
 from .tunnel import BrokerTunnelMixin
 
 
@@ -37,9 +40,19 @@ class SlurmTunnelSpawner(BrokerTunnelMixin, SlurmSpawner):  # type: ignore[misc]
 class TorqueTunnelSpawner(BrokerTunnelMixin, TorqueSpawner):  # type: ignore[misc]
     """TorqueSpawner through the broker."""
 
+    def format_resources(self, choice: Choice) -> dict[str, Any]:
+        variables = super().format_resources(choice)
+        variables["memory"] = f"{choice.memory_gb}gb"  # PBS spelling
+        return variables
+
 
 class PBSTunnelSpawner(BrokerTunnelMixin, PBSSpawner):  # type: ignore[misc]
     """PBSSpawner through the broker."""
+
+    def format_resources(self, choice: Choice) -> dict[str, Any]:
+        variables = super().format_resources(choice)
+        variables["memory"] = f"{choice.memory_gb}gb"
+        return variables
 
 
 class LsfTunnelSpawner(BrokerTunnelMixin, LsfSpawner):  # type: ignore[misc]

@@ -20,9 +20,10 @@ from traitlets import List, Unicode, default
 
 from ..broker.client import ApiError, BrokerClient
 from .connect import ConnectToJobMixin
+from .options import ResourceOptionsMixin
 
 
-class BrokerTunnelMixin(ConnectToJobMixin):
+class BrokerTunnelMixin(ResourceOptionsMixin, ConnectToJobMixin):
     """Connects a batchspawner class's jobs through our broker. Put it first in the bases."""
 
     broker_url = Unicode(
@@ -116,6 +117,7 @@ class BrokerTunnelMixin(ConnectToJobMixin):
 
     async def submit_batch_script(self) -> str:
         """Create the tunnel, then submit. The environment is never logged (it holds the agent token)."""
+        self.validated_options()  # refuse bad options before anything is created
         await self.create_tunnel()
         try:
             subvars = self.get_req_subvars()  # type: ignore[attr-defined]
@@ -135,10 +137,6 @@ class BrokerTunnelMixin(ConnectToJobMixin):
             self._agent_token = ""
         self.log.info("Job %s submitted for %s", self.job_id, self.user.name)  # type: ignore[attr-defined]
         return str(self.job_id)  # type: ignore[attr-defined]
-
-    def validated_options(self) -> dict[str, Any]:
-        """Template variables from the options form, validated (none by default)."""
-        return {}
 
     def get_env(self) -> dict[str, str]:
         env: dict[str, str] = super().get_env()  # type: ignore[misc]

@@ -112,3 +112,30 @@ def test_notebook_survives_a_hub_kill9_and_restart(
     assert notebook_status(hub, "btcarol")["started"] == started
     hub.api("DELETE", "/hub/api/users/btcarol/server")
     wait_until(lambda: not hub.jobs_running(), 30, "the job to be cancelled")
+
+
+def test_options_are_validated_and_reach_the_script(
+    procs: ProcessGroup, broker: BrokerProcess, tmp_path: Path
+) -> None:
+    hub = Hub(procs, tmp_path / "hub", broker, options_cores_max=4, options_partitions=["cpu", "gpu"])
+    ensure_user("btdave")
+    hub.api("POST", "/hub/api/users/btdave")
+    status, _ = hub.api("POST", "/hub/api/users/btdave/server", {"cores": "64", "partition": "gpu; id"})
+    assert status in (201, 202)
+    events = hub.progress("btdave")
+    assert events[-1].get("failed"), events
+    message = str(events[-1]["message"])
+    assert "cores: 64 is more than the 4 CPU cores allowed" in message
+    assert "partition: 'gpu; id' is not one of: cpu, gpu" in message
+    assert not hub.jobs_running() and broker.client.tunnels() == []  # nothing submitted, no tunnel left
+
+    status, _ = hub.api("POST", "/hub/api/users/btdave/server",
+                        {"cores": "2", "memory_gb": "3", "runtime_minutes": "90", "partition": "gpu"})
+    assert hub.progress("btdave")[-1].get("ready")
+    (job,) = hub.jobs_running()
+    script = (hub.slurm_dir / f"{job}.sh").read_text()
+    for line in ("#SBATCH --cpus-per-task=2", "#SBATCH --mem=3G", "#SBATCH --time=01:30:00",
+                 "#SBATCH --partition=gpu"):
+        assert line in script
+    hub.api("DELETE", "/hub/api/users/btdave/server")
+    wait_until(lambda: not hub.jobs_running(), 30, "the job to be cancelled")

@@ -1,0 +1,198 @@
+"""The spawn options form: cores, memory, runtime, GPUs, partition and environment, within admin limits.
+
+Every value a user sends, from the form or through the REST API (``user_options``),
+goes through :func:`validate` before it can reach a batch script: numbers must be
+plain integers within the configured range, partitions and environments must be
+one of the configured names. What reaches the script is ours: canonical numbers,
+an admin's partition name, an admin's environment prologue.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from typing import Any
+
+from traitlets import Bool, Dict, Integer, List, Unicode, default
+from traitlets.config import Configurable
+
+
+class OptionsError(ValueError):
+    """A submitted option is invalid; the message says which and why, for the user."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    cores_max: int = 8
+    memory_max_gb: int = 32
+    runtime_max_minutes: int = 480
+    gpus_max: int = 0
+    partitions: list[str] = field(default_factory=list)
+    environments: dict[str, str] = field(default_factory=dict)
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """Validated options, in canonical units."""
+
+    cores: int
+    memory_gb: int
+    runtime_minutes: int
+    gpus: int
+    partition: str
+    environment: str
+
+
+NUMBERS = {
+    "cores": ("cores_max", 1, "CPU cores"),
+    "memory_gb": ("memory_max_gb", 1, "GB of memory"),
+    "runtime_minutes": ("runtime_max_minutes", 1, "minutes of runtime"),
+    "gpus": ("gpus_max", 0, "GPUs"),
+}
+NAMES = {"partition": "partitions", "environment": "environments"}
+FALLBACK = {"cores": 1, "memory_gb": 2, "runtime_minutes": 60, "gpus": 0}
+
+
+def validate(raw: dict[str, Any] | None, limits: Limits) -> Choice:
+    """Check ``raw`` (form fields or user_options) against ``limits``.
+
+    Raises:
+        OptionsError: naming every bad field, e.g. "cores: 64 is more than the 16 allowed".
+    """
+    raw = dict(raw or {})
+    problems = [f"unknown option {key!r}" for key in sorted(set(raw) - set(NUMBERS) - set(NAMES))]
+    values: dict[str, Any] = {}
+    for key, (limit_name, low, unit) in NUMBERS.items():
+        high = getattr(limits, limit_name)
+        value = raw.get(key, limits.defaults.get(key, min(FALLBACK[key], high)))
+        number = _integer(value)
+        if number is None:
+            problems.append(f"{key}: {str(value)[:40]!r} is not a whole number")
+        elif number < low:
+            problems.append(f"{key}: at least {low} {unit}")
+        elif number > high:
+            problems.append(f"{key}: {number} is more than the {high} {unit} allowed")
+        else:
+            values[key] = number
+    for key, limit_name in NAMES.items():
+        allowed = list(getattr(limits, limit_name))
+        default_value = limits.defaults.get(key, allowed[0] if allowed else "")
+        value = raw.get(key, default_value)
+        if not allowed:
+            if value not in ("", None):
+                problems.append(f"{key}: no {key} can be chosen here")
+            values[key] = ""
+        elif not isinstance(value, str) or value not in allowed:
+            problems.append(f"{key}: {str(value)[:40]!r} is not one of: {', '.join(allowed)}")
+        else:
+            values[key] = value
+    if problems:
+        raise OptionsError("Invalid spawn options: " + "; ".join(problems))
+    return Choice(**values)
+
+
+def _integer(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit() and len(value.strip()) <= 7:
+        return int(value.strip())
+    return None
+
+
+class ResourceOptionsMixin(Configurable):
+    """Adds the options form and its validation to a spawner (used by the tunnel spawners)."""
+
+    options_enabled = Bool(True, help="Show the spawn options form. False: req_* values only.").tag(config=True)
+    options_cores_max = Integer(8, help="Most CPU cores a user may ask for.").tag(config=True)
+    options_memory_max_gb = Integer(32, help="Most memory a user may ask for, in GB.").tag(config=True)
+    options_runtime_max_minutes = Integer(480, help="Longest runtime a user may ask for, in minutes.").tag(
+        config=True)
+    options_gpus_max = Integer(0, help="Most GPUs a user may ask for; 0 hides the field.").tag(config=True)
+    options_partitions = List(
+        Unicode(), [],
+        help="Partitions (Slurm) or queues (PBS, LSF, ...) a user may choose from; the first is the "
+             "default. Empty: the field is hidden and req_partition/req_queue apply.",
+    ).tag(config=True)
+    options_environments = Dict(
+        value_trait=Unicode(), default_value={},
+        help="""
+        Named software environments: name -> shell lines run in the job before the notebook starts
+        (e.g. {"Python 3.12": "module load python/3.12"}). Users choose a name; only these lines,
+        written by the admin, reach the batch script. Empty: the field is hidden.
+        """,
+    ).tag(config=True)
+    options_defaults = Dict(
+        help='Initial values of the form, e.g. {"cores": 2, "memory_gb": 4, "runtime_minutes": 120}.',
+    ).tag(config=True)
+
+    def option_limits(self) -> Limits:
+        return Limits(self.options_cores_max, self.options_memory_max_gb, self.options_runtime_max_minutes,
+                      self.options_gpus_max, list(self.options_partitions), dict(self.options_environments),
+                      dict(self.options_defaults))
+
+    @default("options_form")
+    def _options_form_default(self) -> str:
+        return self.render_options_form() if self.options_enabled else ""
+
+    def render_options_form(self) -> str:
+        limits = self.option_limits()
+        choice = validate({}, limits)
+        rows = [
+            _number("cores", "CPU cores", choice.cores, 1, limits.cores_max),
+            _number("memory_gb", "Memory (GB)", choice.memory_gb, 1, limits.memory_max_gb),
+            _number("runtime_minutes", "Runtime (minutes)", choice.runtime_minutes, 1, limits.runtime_max_minutes),
+        ]
+        if limits.gpus_max:
+            rows.append(_number("gpus", "GPUs", choice.gpus, 0, limits.gpus_max))
+        if limits.partitions:
+            rows.append(_select("partition", "Partition", limits.partitions, choice.partition))
+        if limits.environments:
+            rows.append(_select("environment", "Environment", list(limits.environments), choice.environment))
+        return "\n".join(rows)
+
+    def options_from_form(self, formdata: dict[str, list[str]]) -> dict[str, Any]:
+        raw = {key: values[0] for key, values in formdata.items() if values and key in {*NUMBERS, *NAMES}}
+        choice = validate(raw, self.option_limits())  # an error is shown on the form
+        return dict(choice.__dict__)
+
+    def validated_options(self) -> dict[str, Any]:
+        """Template variables for the batch script from the (validated) user options."""
+        if not self.options_enabled:
+            return {}
+        choice = validate(getattr(self, "user_options", None), self.option_limits())
+        return self.format_resources(choice)
+
+    def format_resources(self, choice: Choice) -> dict[str, Any]:
+        """batchspawner template variables (Slurm spelling; other backends override)."""
+        hours, minutes = divmod(choice.runtime_minutes, 60)
+        variables: dict[str, Any] = {
+            "nprocs": str(choice.cores),
+            "memory": f"{choice.memory_gb}G",
+            "runtime": f"{hours:02d}:{minutes:02d}:00",
+            "ngpus": str(choice.gpus) if choice.gpus else "",
+            "gres": f"gpu:{choice.gpus}" if choice.gpus else "",
+        }
+        if choice.partition:
+            variables["partition"] = variables["queue"] = choice.partition
+        if choice.environment:
+            prologue = self.options_environments[choice.environment]
+            existing = getattr(self, "req_prologue", "")
+            variables["prologue"] = f"{existing}\n{prologue}" if existing else prologue
+        return variables
+
+
+def _number(name: str, label: str, value: int, low: int, high: int) -> str:
+    return (f'<div class="form-group"><label for="bt-{name}">{html.escape(label)} (max {high})</label>'
+            f'<input class="form-control" type="number" id="bt-{name}" name="{name}" value="{value}" '
+            f'min="{low}" max="{high}" step="1" required></div>')
+
+
+def _select(name: str, label: str, choices: list[str], selected: str) -> str:
+    options = "".join(
+        f'<option value="{html.escape(c, quote=True)}"{" selected" if c == selected else ""}>{html.escape(c)}</option>'
+        for c in choices)
+    return (f'<div class="form-group"><label for="bt-{name}">{html.escape(label)}</label>'
+            f'<select class="form-control" id="bt-{name}" name="{name}">{options}</select></div>')

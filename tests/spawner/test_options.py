@@ -1,0 +1,97 @@
+"""Spawn options: every field validated against admin limits; nothing raw reaches a batch script."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from batchtunnel.spawner import SlurmTunnelSpawner, TorqueTunnelSpawner
+from batchtunnel.spawner.options import Choice, Limits, OptionsError, validate
+
+LIMITS = Limits(cores_max=16, memory_max_gb=64, runtime_max_minutes=600, gpus_max=2,
+                partitions=["cpu", "gpu"], environments={"Python 3.12": "module load python/3.12"})
+
+
+def test_defaults_when_nothing_is_chosen() -> None:
+    assert validate({}, LIMITS) == Choice(1, 2, 60, 0, "cpu", "Python 3.12")
+    assert validate(None, Limits(defaults={"cores": 4})).cores == 4
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ({"cores": "16", "memory_gb": 64, "runtime_minutes": " 600 ", "gpus": "2", "partition": "gpu"},
+         Choice(16, 64, 600, 2, "gpu", "Python 3.12")),
+        ({"cores": 1, "gpus": 0}, Choice(1, 2, 60, 0, "cpu", "Python 3.12")),
+    ],
+)
+def test_valid_values(raw: dict[str, Any], expected: Choice) -> None:
+    assert validate(raw, LIMITS) == expected
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"cores": "17"}, "cores: 17 is more than the 16 CPU cores allowed"),
+        ({"cores": "0"}, "cores: at least 1 CPU cores"),
+        ({"cores": "-1"}, "cores: '-1' is not a whole number"),
+        ({"cores": "1.5"}, "cores: '1.5' is not a whole number"),
+        ({"cores": True}, "cores: 'True' is not a whole number"),
+        ({"cores": "1e9"}, "is not a whole number"),
+        ({"memory_gb": "65"}, "memory_gb: 65 is more than the 64 GB of memory allowed"),
+        ({"memory_gb": "4G; rm -rf ~"}, "memory_gb: '4G; rm -rf ~' is not a whole number"),
+        ({"runtime_minutes": "601"}, "runtime_minutes: 601 is more than the 600 minutes of runtime allowed"),
+        ({"runtime_minutes": "99999999999"}, "is not a whole number"),
+        ({"gpus": "3"}, "gpus: 3 is more than the 2 GPUs allowed"),
+        ({"partition": "gpu\n#SBATCH --uid=0"}, "partition: 'gpu\\n#SBATCH --uid=0' is not one of: cpu, gpu"),
+        ({"partition": ["cpu"]}, "is not one of"),
+        ({"environment": "$(id)"}, "environment: '$(id)' is not one of: Python 3.12"),
+        ({"batch_cancel_cmd": "touch /tmp/x"}, "unknown option 'batch_cancel_cmd'"),
+    ],
+)
+def test_bad_values_are_refused_with_a_message(raw: dict[str, Any], message: str) -> None:
+    with pytest.raises(OptionsError) as exc:
+        validate(raw, LIMITS)
+    assert message in str(exc.value)
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    with pytest.raises(OptionsError) as exc:
+        validate({"cores": "99", "gpus": "9", "partition": "x"}, LIMITS)
+    assert str(exc.value).count(";") == 2
+
+
+def test_fields_the_admin_did_not_offer_cannot_be_set() -> None:
+    with pytest.raises(OptionsError, match="gpus: 1 is more than the 0 GPUs"):
+        validate({"gpus": 1}, Limits())
+    with pytest.raises(OptionsError, match="no partition can be chosen"):
+        validate({"partition": "gpu"}, Limits())
+
+
+def spawner(cls: type = SlurmTunnelSpawner, **config: Any) -> Any:
+    settings = {"options_partitions": ["cpu", "gpu"], "options_gpus_max": 2,
+                "options_environments": {"Py": "module load py"}, **config}
+    return cls(user=SimpleNamespace(name="root"), **settings)
+
+
+def test_form_shows_only_offered_fields_and_escapes_names() -> None:
+    form = spawner(options_environments={"<b>x</b>": "true"}).options_form
+    assert 'name="gpus"' in form and 'max="2"' in form and 'name="partition"' in form
+    assert "<b>x</b>" not in form and "&lt;b&gt;x&lt;/b&gt;" in form
+    assert 'name="gpus"' not in SlurmTunnelSpawner(user=SimpleNamespace(name="root")).options_form
+
+
+def test_form_data_and_batch_variables() -> None:
+    s = spawner()
+    s.user_options = s.options_from_form({"cores": ["4"], "memory_gb": ["8"], "runtime_minutes": ["90"],
+                                          "gpus": ["1"], "partition": ["gpu"], "environment": ["Py"]})
+    assert s.validated_options() == {
+        "nprocs": "4", "memory": "8G", "runtime": "01:30:00", "ngpus": "1", "gres": "gpu:1",
+        "partition": "gpu", "queue": "gpu", "prologue": "module load py",
+    }
+    torque = spawner(TorqueTunnelSpawner)
+    torque.user_options = {"memory_gb": 8}
+    assert torque.validated_options()["memory"] == "8gb"
+    with pytest.raises(OptionsError):
+        s.options_from_form({"cores": ["400"]})
