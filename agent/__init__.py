@@ -4,6 +4,6 @@ Runtime needs: websockets and the standard library only.
 """
 
 from .dialer import Agent, AgentConfig
-from .supervisor import run_with_command
+from .supervisor import run_with_command, through_tunnel
 
-__all__ = ["Agent", "AgentConfig", "run_with_command"]
+__all__ = ["Agent", "AgentConfig", "run_with_command", "through_tunnel"]

@@ -11,7 +11,15 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from .. import __version__
-from ..session import HandshakeRejected, StreamBridge, TunnelSession, WebSocketLink, serve_local
+from ..session import (
+    SERVICE_HUB_API,
+    HandshakeRejected,
+    RefusingProtocol,
+    StreamBridge,
+    TunnelSession,
+    WebSocketLink,
+    serve_local,
+)
 from ..wire import ConfigurationError, Connection, ErrorCode, Settings, Side
 
 log = logging.getLogger(__name__)
@@ -70,6 +78,23 @@ class Agent:
         self.connected = asyncio.Event()
         self.connections = 0
         self._stopping = False
+        self._hub_api_server: asyncio.AbstractServer | None = None
+
+    async def listen_hub_api(self) -> int:
+        """Single-outbound-port mode: accept on a free 127.0.0.1 port; each connection goes to the hub's
+        API as a stream through the broker. Returns the port."""
+        loop = asyncio.get_running_loop()
+        self._hub_api_server = await loop.create_server(self._hub_api_protocol, LOOPBACK, 0)
+        port: int = self._hub_api_server.sockets[0].getsockname()[1]
+        log.info("hub API reachable through the tunnel on %s:%d", LOOPBACK, port)
+        return port
+
+    def _hub_api_protocol(self) -> asyncio.Protocol:
+        session = self.session
+        if session is None or not session.started or session.closed is not None:
+            log.warning("hub API connection refused: not connected to the broker")
+            return RefusingProtocol()
+        return StreamBridge(session, None, SERVICE_HUB_API)
 
     def _ssl(self) -> ssl.SSLContext | None:
         if urlsplit(self.config.url).scheme != "wss":
@@ -163,6 +188,8 @@ class Agent:
     def stop(self) -> None:
         """Stop reconnecting and close the current session."""
         self._stopping = True
+        if self._hub_api_server is not None:
+            self._hub_api_server.close()
         if self.session is not None:
             self.session.close()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from urllib.parse import urlsplit, urlunsplit
 
 from .dialer import Agent
 
@@ -25,13 +26,23 @@ def exit_status(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-async def run_with_command(agent: Agent, command: list[str]) -> int:
-    """Run ``agent`` and ``command`` together; return the command's exit status."""
+def through_tunnel(env: dict[str, str], port: int) -> dict[str, str]:
+    """Point the notebook's hub URLs (JUPYTERHUB_API_URL, JUPYTERHUB_ACTIVITY_URL) at 127.0.0.1:``port``."""
+    rewritten = dict(env)
+    for name in ("JUPYTERHUB_API_URL", "JUPYTERHUB_ACTIVITY_URL"):
+        if rewritten.get(name):
+            parts = urlsplit(rewritten[name])
+            rewritten[name] = urlunsplit(parts._replace(netloc=f"127.0.0.1:{port}"))
+    return rewritten
+
+
+async def run_with_command(agent: Agent, command: list[str], env: dict[str, str] | None = None) -> int:
+    """Run ``agent`` and ``command`` (with ``env``, default ours) together; return the command's exit status."""
     loop = asyncio.get_running_loop()
     agent_task = asyncio.ensure_future(agent.run())  # owned here: cancelled and awaited in finally
     try:
         try:
-            process = await asyncio.create_subprocess_exec(*command)
+            process = await asyncio.create_subprocess_exec(*command, env=env)
         except OSError as exc:
             log.error("cannot start %s: %s", command[0], exc)
             return 127

@@ -8,7 +8,7 @@ import time
 
 from websockets.http11 import Request
 
-from ..session import TaskOwner, TunnelSession, WebSocketLink
+from ..session import SERVICE_HUB_API, StreamBridge, TaskOwner, TunnelSession, WebSocketLink, serve_local
 from ..wire import AuthenticationError, Connection, ErrorCode, Settings, Side
 from .registry import Registry, Tunnel
 
@@ -25,6 +25,8 @@ class AgentEndpoint:
         settings: wire limits announced to agents.
         handshake_timeout: seconds for the WebSocket upgrade, and again for the HELLO exchange.
         heartbeat_interval, heartbeat_timeout: see :class:`TunnelSession`.
+        hub_api: where streams the agent opens for the hub-API service go (single-outbound-port
+            mode); None refuses every agent-opened stream.
     """
 
     def __init__(
@@ -34,8 +36,10 @@ class AgentEndpoint:
         handshake_timeout: float,
         heartbeat_interval: float,
         heartbeat_timeout: float,
+        hub_api: tuple[str, int] | None = None,
     ) -> None:
         self.registry = registry
+        self.hub_api = hub_api
         self.settings = settings
         self.handshake_timeout = handshake_timeout
         self.heartbeat_interval = heartbeat_interval
@@ -60,7 +64,7 @@ class AgentEndpoint:
             log.warning("agent from %s refused: %s", link.peer, exc)
             return 401, f"{exc}\n"
         session = TunnelSession(
-            Connection(Side.BROKER, self.settings), link, name=tunnel.id,
+            Connection(Side.BROKER, self.settings), link, name=tunnel.id, accept=self._accept_service,
             on_started=lambda: self._started(tunnel, session, link.peer),
             heartbeat_interval=self.heartbeat_interval, heartbeat_timeout=self.heartbeat_timeout,
         )
@@ -82,6 +86,16 @@ class AgentEndpoint:
                 tunnel.session = None
                 tunnel.disconnected_since = time.time()
                 log.info("tunnel %s: agent from %s disconnected", tunnel.id, peer)
+
+    async def _accept_service(self, session: TunnelSession, bridge: StreamBridge) -> None:
+        """A stream the agent opened: only the hub-API service, only where --hub-api says."""
+        assert bridge.stream_id is not None
+        if bridge.port != SERVICE_HUB_API or self.hub_api is None:
+            log.warning("tunnel %s: agent opened a stream to service %d: refused (%s)", session.name,
+                        bridge.port, "unknown service" if self.hub_api else "no --hub-api configured")
+            session.reset(bridge.stream_id, ErrorCode.REFUSED_STREAM)
+            return
+        await serve_local(session, bridge, self.hub_api[0], self.handshake_timeout, port=self.hub_api[1])
 
     def _hello_overdue(self, tunnel: Tunnel, session: TunnelSession, peer: str) -> None:
         if not session.started and session.closed is None:

@@ -4,21 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
-from ..session import StreamBridge
+from ..session import RefusingProtocol, StreamBridge
 
 if TYPE_CHECKING:
     from .registry import Tunnel
 
 log = logging.getLogger(__name__)
-
-
-class _Refuse(asyncio.Protocol):
-    """Closes a hub-side connection at once: the tunnel has no agent right now."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        cast(asyncio.Transport, transport).abort()
 
 
 class Exposure:
@@ -50,7 +43,7 @@ class Exposure:
         if session is None or not session.started or session.closed is not None:
             log.info("tunnel %s: connection to %s:%d refused: no agent connected",
                      self.tunnel.id, self.host, self.port)
-            return _Refuse()
+            return RefusingProtocol()
         return StreamBridge(session, None, self.rport)
 
     async def close(self) -> None:

@@ -61,6 +61,7 @@ class Tunnel:
                 "disconnected_since": None if session is not None else self.disconnected_since,
                 "rtt_ms": round(session.rtt * 1000, 3) if session and session.rtt is not None else None,
                 "streams": session.stream_count if session else 0,
+                "streams_from_agent": session.streams_accepted if session else 0,
             },
             "exposures": [e.as_json() for e in self.exposures.values()],
             "connections_total": self.connections_total,

@@ -36,6 +36,7 @@ class BrokerConfig:
     handshake_timeout: float = 10.0
     heartbeat_interval: float = 5.0
     heartbeat_timeout: float = 15.0
+    hub_api: tuple[str, int] | None = None
     wire: Settings = field(default_factory=Settings)
 
     def check(self) -> None:
@@ -63,7 +64,7 @@ class Broker:
         self.registry = Registry(self.store)
         self.endpoint = AgentEndpoint(
             self.registry, config.wire, config.handshake_timeout,
-            config.heartbeat_interval, config.heartbeat_timeout,
+            config.heartbeat_interval, config.heartbeat_timeout, config.hub_api,
         )
         self.api = Api(self.registry, config.admin_token, config.expose_hosts, self.metrics_text)
         self._runners: list[web.AppRunner] = []

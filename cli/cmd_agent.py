@@ -43,6 +43,9 @@ OPTIONS = [
     Option("backoff-initial", "first reconnect delay, seconds (doubles each failure, with jitter)",
            positive, 0.5),
     Option("backoff-max", "longest reconnect delay, seconds", positive, 30.0),
+    Option("hub-api-via-tunnel", "single-outbound-port mode: the wrapped command reaches JupyterHub's API "
+           "through the tunnel (its JUPYTERHUB_API_URL and JUPYTERHUB_ACTIVITY_URL are rewritten to a "
+           "local port); the broker needs --hub-api", flag=True),
     Option("event-loop", "asyncio, uvloop, or auto (uvloop if installed); asyncio measured faster for the "
            "agent's bulk sending (docs/benchmarks.md)", str, "asyncio"),
 ]
@@ -54,7 +57,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(values: dict[str, Any], args: argparse.Namespace) -> int:
-    from .agent import Agent, AgentConfig, run_with_command
+    from .agent import Agent, AgentConfig, run_with_command, through_tunnel
     from .wire import ConfigurationError
 
     if not values["url"]:
@@ -74,8 +77,11 @@ def run(values: dict[str, Any], args: argparse.Namespace) -> int:
 
     async def main(stop: asyncio.Event) -> int:
         agent = Agent(config)
+        env = dict(os.environ)
+        if values["hub_api_via_tunnel"]:
+            env = through_tunnel(env, await agent.listen_hub_api())
         if command:
-            return await run_with_command(agent, command)
+            return await run_with_command(agent, command, env)
         task = asyncio.ensure_future(agent.run())  # owned here
         await stop.wait()
         agent.stop()

@@ -38,6 +38,8 @@ OPTIONS = [
            str, "batchtunnel-broker.sqlite", metavar="FILE"),
     Option("expose-host", "hub-side address that exposures may bind (repeatable); the first is the default",
            str, ["127.0.0.1"], multiple=True, metavar="ADDR"),
+    Option("hub-api", "JupyterHub's API address, HOST:PORT (its hub_bind_url), for agents in single-outbound-"
+           "port mode; unset: agents may open no streams", host_port, None, metavar="HOST:PORT"),
     Option("handshake-timeout", "seconds an agent has to complete the protocol handshake", positive, 10.0),
     Option("heartbeat-interval", "seconds between heartbeat PINGs to each agent", positive, 5.0),
     Option("heartbeat-timeout", "seconds of silence after which an agent's link is declared dead",
@@ -76,7 +78,7 @@ def run(values: dict[str, Any], args: argparse.Namespace) -> int:
         database=values["database"], expose_hosts=values["expose_host"],
         handshake_timeout=values["handshake_timeout"],
         heartbeat_interval=values["heartbeat_interval"], heartbeat_timeout=values["heartbeat_timeout"],
-        wire=wire,
+        hub_api=values["hub_api"], wire=wire,
     )
 
     async def main(stop: asyncio.Event) -> int:

@@ -111,8 +111,12 @@ def resolve(
             values[opt.key] = _convert(opt, environ[opt.env], f"environment variable {opt.env}")
         elif opt.key in table:
             values[opt.key] = _convert(opt, table[opt.key], f"config file [{section}] {opt.key}")
+        elif opt.multiple:
+            values[opt.key] = list(opt.default or [])
+        elif isinstance(opt.default, str) and opt.type is not str:
+            values[opt.key] = opt.type(opt.default)  # e.g. "0.0.0.0:8765" -> ("0.0.0.0", 8765)
         else:
-            values[opt.key] = list(opt.default or []) if opt.multiple else opt.default
+            values[opt.key] = opt.default
     return values
 
 

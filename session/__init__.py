@@ -6,12 +6,12 @@ over it and bridges each stream to a local TCP socket (``StreamBridge``).
 The broker and the agent differ only in who opens streams.
 """
 
-from .bridge import StreamBridge
+from .bridge import SERVICE_HUB_API, RefusingProtocol, StreamBridge
 from .session import SessionClosed, TunnelSession, serve_local
 from .tasks import TaskOwner
 from .websocket import HandshakeRejected, WebSocketLink
 
 __all__ = [
-    "HandshakeRejected", "SessionClosed", "StreamBridge", "TaskOwner", "TunnelSession", "WebSocketLink",
-    "serve_local",
+    "SERVICE_HUB_API", "HandshakeRejected", "RefusingProtocol", "SessionClosed", "StreamBridge", "TaskOwner",
+    "TunnelSession", "WebSocketLink", "serve_local",
 ]

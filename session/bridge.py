@@ -21,6 +21,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+SERVICE_HUB_API = 1
+"""The service an agent-opened stream names to reach the hub's API (docs/protocol.md §5.1)."""
+
+
+class RefusingProtocol(asyncio.Protocol):
+    """Closes a local connection at once (no session to carry it): the client sees a reset."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        cast(asyncio.Transport, transport).abort()
+
 
 class StreamBridge(asyncio.Protocol):
     """asyncio protocol for the local end of a stream.

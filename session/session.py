@@ -114,6 +114,7 @@ class TunnelSession:
         self.bytes_in = 0
         self.bytes_out = 0
         self.streams_opened = 0
+        self.streams_accepted = 0  # opened by the peer
 
     # ------------------------------------------------------------ lifecycle
 
@@ -313,21 +314,26 @@ class TunnelSession:
         if self._accept is None:
             self.conn.reset_stream(stream_id, ErrorCode.REFUSED_STREAM)
             return
-        self.streams_opened += 1
+        self.streams_accepted += 1
         bridge = StreamBridge(self, stream_id, port)
         self._bridges[stream_id] = bridge
         self._tasks.spawn(self._accept(self, bridge), f"accept {stream_id}")
 
 
-async def serve_local(session: TunnelSession, bridge: StreamBridge, host: str, timeout: float) -> None:
-    """Connect a stream the peer opened to ``host:bridge.port``; reset it with CONNECT_FAILED on failure."""
+async def serve_local(session: TunnelSession, bridge: StreamBridge, host: str, timeout: float,
+                      port: int | None = None) -> None:
+    """Connect a stream the peer opened to ``host:port`` (default: the port the stream names).
+
+    Resets the stream with CONNECT_FAILED if that fails.
+    """
     assert bridge.stream_id is not None
+    target = bridge.port if port is None else port
     loop = asyncio.get_running_loop()
     try:
-        await asyncio.wait_for(loop.create_connection(lambda: bridge, host, bridge.port), timeout)
+        await asyncio.wait_for(loop.create_connection(lambda: bridge, host, target), timeout)
     except (OSError, asyncio.TimeoutError) as exc:
         log.info("session %s: stream %d: cannot connect to %s:%d: %s", session.name, bridge.stream_id,
-                 host, bridge.port, exc or "timed out")
+                 host, target, exc or "timed out")
         session.reset(bridge.stream_id, ErrorCode.CONNECT_FAILED)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from batchspawner.batchspawner import format_template
-from traitlets import List, Unicode, default
+from traitlets import Bool, List, Unicode, default
 
 from ..broker.client import ApiError, BrokerClient
 from .connect import ConnectToJobMixin
@@ -67,6 +67,15 @@ class BrokerTunnelMixin(ResourceOptionsMixin, ConnectToJobMixin):
         help="""
         Address the notebook listens on, on the node. Keep loopback: the agent connects there, and
         nothing else on the node or its network can reach it. (batchspawner alone binds 0.0.0.0.)
+        """,
+    ).tag(config=True)
+
+    hub_api_via_tunnel = Bool(
+        False,
+        help="""
+        Single-outbound-port mode: the job reaches the hub's API through the agent and the broker too,
+        so nodes that may dial only the broker's port work. The broker must run with
+        --hub-api HOST:PORT (the hub's hub_bind_url). False: the job talks to the hub's API directly.
         """,
     ).tag(config=True)
 
@@ -155,7 +164,8 @@ class BrokerTunnelMixin(ResourceOptionsMixin, ConnectToJobMixin):
 
     def cmd_formatted_for_batch(self) -> str:
         inner: str = super().cmd_formatted_for_batch()  # type: ignore[misc]
-        return f"{shlex.join(self.agent_cmd)} -- {inner}"
+        agent = list(self.agent_cmd) + (["--hub-api-via-tunnel"] if self.hub_api_via_tunnel else [])
+        return f"{shlex.join(agent)} -- {inner}"
 
     # -- the connect step
 

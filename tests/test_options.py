@@ -82,3 +82,12 @@ def test_cli_reports_configuration_errors(
     monkeypatch.setenv("BATCHTUNNEL_TOKEN", "tabc.def")
     assert main(["agent", "--config", str(config)]) == 2
     assert "TLS is required unless --insecure" in capsys.readouterr().err
+
+
+def test_defaults_are_converted_like_given_values() -> None:
+    from batchtunnel import cmd_broker
+
+    values = resolve(cmd_broker.OPTIONS, build_parser().parse_args(["broker"]), "broker", {}, {})
+    assert values["listen"] == ("0.0.0.0", 8765)
+    assert values["api_listen"] == ("127.0.0.1", 8766)
+    assert values["hub_api"] is None

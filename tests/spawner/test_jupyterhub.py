@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.hub import CHP, Hub, ensure_user
-from tests.support.processes import ProcessGroup, port_open, wait_until
+from tests.support.processes import ProcessGroup, free_port, port_open, wait_until
 from tests.support.tunnel import BrokerProcess, Pki
 
 pytestmark = pytest.mark.skipif(not CHP.exists(), reason="needs configurable-http-proxy (scripts/test.sh installs it)")
@@ -138,4 +138,19 @@ def test_options_are_validated_and_reach_the_script(
                  "#SBATCH --partition=gpu"):
         assert line in script
     hub.api("DELETE", "/hub/api/users/btdave/server")
+    wait_until(lambda: not hub.jobs_running(), 30, "the job to be cancelled")
+
+
+def test_single_outbound_port_mode(procs: ProcessGroup, pki: Pki, tmp_path: Path) -> None:
+    hub_api_port = free_port()
+    broker = BrokerProcess(procs, pki, tmp_path / "broker", "--hub-api", f"127.0.0.1:{hub_api_port}")
+    hub = Hub(procs, tmp_path / "hub", broker, api_port=hub_api_port, hub_api_via_tunnel=True)
+    spawn(hub, "bterin")
+    (tunnel,) = broker.client.tunnels()
+    # The job's port report (and activity) reached the hub through the agent and the broker.
+    assert tunnel["agent"]["streams_from_agent"] >= 1
+    (job,) = hub.jobs_running()
+    assert "batchtunnel agent --hub-api-via-tunnel --" in (hub.slurm_dir / f"{job}.sh").read_text()
+    assert "started" in notebook_status(hub, "bterin")
+    hub.api("DELETE", "/hub/api/users/bterin/server")
     wait_until(lambda: not hub.jobs_running(), 30, "the job to be cancelled")

@@ -32,11 +32,11 @@ class Hub:
     """``jupyterhub -f <generated config>``; the proxy keeps running if the hub dies (as sites run it)."""
 
     def __init__(self, procs: ProcessGroup, workdir: Path, broker: BrokerProcess, pending: float = 0,
-                 **spawner: Any) -> None:
+                 api_port: int = 0, **spawner: Any) -> None:
         self.procs = procs
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        self.port, self.api_port, self.proxy_api_port = free_port(), free_port(), free_port()
+        self.port, self.api_port, self.proxy_api_port = free_port(), api_port or free_port(), free_port()
         self.token = secrets.token_hex(16)
         self.slurm_dir = workdir / "slurm"
         (workdir / "admin.token").write_text(ADMIN_TOKEN)

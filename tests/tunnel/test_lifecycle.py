@@ -194,3 +194,51 @@ def test_agent_needs_only_websockets_and_the_standard_library(broker: BrokerProc
         env={"BATCHTUNNEL_TOKEN": tunnel["token"]},
     )
     wait_until(lambda: broker.agent_connected(tunnel["id"]), 15, "the minimal agent to connect")
+
+
+def test_hub_api_through_the_tunnel_only_where_the_broker_says(
+    procs: ProcessGroup, pki: Pki, tmp_path: Path
+) -> None:
+    # A stand-in for the hub's API, reachable by the broker only.
+    (tmp_path / "hub" / "api").mkdir(parents=True)
+    (tmp_path / "hub" / "api" / "ping").write_text("pong from the hub")
+    hub_port = free_port()
+    procs.start("hub-api", [sys.executable, "-m", "http.server", str(hub_port), "--bind", "127.0.0.1"],
+                cwd=tmp_path)
+    wait_until(lambda: port_open(hub_port), 10, "the stand-in hub API")
+    broker = BrokerProcess(procs, pki, tmp_path / "broker", "--hub-api", f"127.0.0.1:{hub_port}")
+    tunnel = broker.client.create_tunnel("single-port")
+    out = tmp_path / "out.txt"
+    # The job's notebook only knows JUPYTERHUB_API_URL; it points nowhere useful until the agent rewrites it.
+    script = (
+        "import os, urllib.request\n"
+        "url = os.environ['JUPYTERHUB_API_URL'].rsplit('/', 1)[0] + '/api/ping'\n"
+        f"open({str(out)!r}, 'w').write(url + ' ' + urllib.request.urlopen(url, timeout=10).read().decode())\n"
+    )
+    agent = procs.start(
+        "agent",
+        [str(BIN / "batchtunnel"), "agent", "--url", broker.agent_url, "--cafile", pki.ca, "--hub-api-via-tunnel",
+         "--backoff-initial", "0.1", "--", sys.executable, "-c",
+         "import time, subprocess, sys; time.sleep(1.5); sys.exit(subprocess.call([sys.executable, '-c', "
+         f"{script!r}]))"],
+        env={"BATCHTUNNEL_TOKEN": tunnel["token"], "JUPYTERHUB_API_URL": f"http://127.0.0.1:{free_port()}/hub/api"},
+    )
+    assert agent.wait(20) == 0, agent.log()
+    url, body = out.read_text().split(" ", 1)
+    assert body == "pong from the hub"
+    assert url.startswith("http://127.0.0.1:") and str(hub_port) not in url
+
+
+async def test_agent_opened_streams_are_refused_without_hub_api(broker: BrokerProcess, procs: ProcessGroup) -> None:
+    tunnel = broker.client.create_tunnel("no-hub-api")
+    agent = procs.start(
+        "agent",
+        [str(BIN / "batchtunnel"), "agent", "--url", broker.agent_url, "--cafile", broker.pki.ca,
+         "--hub-api-via-tunnel", "--log-level", "INFO", "--", sys.executable, "-c",
+         "import os, time; time.sleep(1.5); print('API', os.environ.get('JUPYTERHUB_API_URL')); time.sleep(30)"],
+        env={"BATCHTUNNEL_TOKEN": tunnel["token"], "JUPYTERHUB_API_URL": "http://hub.invalid:8081/hub/api"},
+    )
+    wait_until(lambda: "API http://127.0.0.1:" in agent.log(), 15, "the command to see the rewritten URL")
+    port = int(agent.log().split("API http://127.0.0.1:")[1].split("/")[0])
+    assert await client.closed_promptly(port)
+    wait_until(lambda: "refused (no --hub-api configured)" in broker.proc.log(), 10, "the broker to refuse")  # type: ignore[union-attr]
