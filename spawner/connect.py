@@ -81,7 +81,8 @@ class ConnectToJobMixin(Configurable):
     connect_port = Integer(0)
     connect_command = Unicode("")
 
-    stop_reason = Unicode("", help="Why the server stopped, when we know (shown to the user).")
+    stop_reason = Unicode("", help="Why the server stopped, when we know (shown on the next spawn page).")
+    previous_stop = ""  # the stop_reason of the last server, for this spawn's progress messages
 
     _connect: BackgroundCommand | None = None  # assigned per instance, never mutated in place
 
@@ -120,7 +121,7 @@ class ConnectToJobMixin(Configurable):
     # -- lifecycle
 
     async def start(self) -> Any:
-        self.stop_reason = ""
+        self.previous_stop, self.stop_reason = self.stop_reason, ""
         ip, port = await super().start()  # type: ignore[misc]
         if not self.connect_to_job_cmd:
             return ip, port
@@ -169,6 +170,8 @@ class ConnectToJobMixin(Configurable):
 
     def get_state(self) -> dict[str, Any]:
         state: dict[str, Any] = super().get_state()  # type: ignore[misc]
+        if self.stop_reason:  # kept through clear_state: the user sees it when spawning again
+            state["stop_reason"] = self.stop_reason
         if self.connect_pid:
             state.update(connect_pid=self.connect_pid, connect_port=self.connect_port,
                          connect_command=self.connect_command)
@@ -179,6 +182,7 @@ class ConnectToJobMixin(Configurable):
         self.connect_pid = int(state.get("connect_pid", 0))
         self.connect_port = int(state.get("connect_port", 0))
         self.connect_command = str(state.get("connect_command", ""))
+        self.stop_reason = str(state.get("stop_reason", ""))
 
     def clear_state(self) -> None:
         super().clear_state()  # type: ignore[misc]

@@ -197,6 +197,8 @@ class BrokerTunnelMixin(ResourceOptionsMixin, ConnectToJobMixin):
     async def progress(self) -> Any:
         """Spawn-page messages: submitted, queued (with the reason), running on a node, agent connected."""
         said = ""
+        if self.previous_stop:
+            yield {"message": f"Your previous server stopped: {self.previous_stop}"}
         while True:
             message = await self.progress_message()
             if message and message != said:

@@ -212,3 +212,20 @@ async def test_a_sites_own_ssh_forward_works_as_the_connect_command(
     assert body == b"through ssh -L"
     await spawner.stop()
     assert not port_open(port)  # no orphaned forwarder keeps the port
+
+
+async def test_the_stop_reason_is_kept_for_the_users_next_spawn() -> None:
+    spawner = Connecting(connect_to_job_cmd="sleep 0.3; echo lost the broker; exit 4", connect_startup_check=0.1)
+    await spawner.start()
+    await asyncio.sleep(1)
+    assert await spawner.poll() == 1
+    await spawner.stop()
+    spawner.clear_state()  # what JupyterHub does after stop
+    state = spawner.get_state()
+    # A later hub process, or the same one: the next spawn knows why the last server stopped.
+    again = Connecting(connect_to_job_cmd="sleep 300", connect_startup_check=0.1)
+    again.load_state(state)
+    await again.start()
+    assert again.previous_stop == "connect-to-job command exited with status 4: lost the broker"
+    assert "stop_reason" not in again.get_state()
+    await again.stop()

@@ -1,6 +1,6 @@
 """SlurmTunnelSpawner in a real JupyterHub with the real configurable-http-proxy and our broker.
 
-Slurm itself is a stand-in at the command boundary (tests/support/fakeslurm); the job runs the real
+The batch system is a stand-in at the command boundary (tests/support/fakebatch); the job runs the real
 agent and the real jupyterhub-singleuser. The real cluster is the real-Slurm end-to-end tests' job.
 """
 
@@ -62,8 +62,8 @@ def test_spawn_reach_the_notebook_through_the_broker_and_stop(
 
     # The job got its credentials through the environment, not through the script.
     (job,) = hub.jobs_running()
-    script = (hub.slurm_dir / f"{job}.sh").read_text()
-    env = json.loads((hub.slurm_dir / f"{job}.env.json").read_text())
+    script = (hub.batch_dir / f"{job}.sh").read_text()
+    env = json.loads((hub.batch_dir / f"{job}.env.json").read_text())
     token = env["BATCHTUNNEL_TOKEN"]
     assert token.startswith(tunnel["id"] + ".") and token not in script
     assert "batchtunnel agent --" in script
@@ -81,7 +81,7 @@ def test_port_report_accepts_only_the_port(procs: ProcessGroup, broker: BrokerPr
     hub = Hub(procs, tmp_path / "hub", broker)
     spawn(hub, "btbob")
     (job,) = hub.jobs_running()
-    job_token = json.loads((hub.slurm_dir / f"{job}.env.json").read_text())["JUPYTERHUB_API_TOKEN"]
+    job_token = json.loads((hub.batch_dir / f"{job}.env.json").read_text())["JUPYTERHUB_API_TOKEN"]
     marker = tmp_path / "pwned"
     status, body = hub.api("POST", "/hub/api/batchspawner",
                            {"port": 1234, "batch_cancel_cmd": f"touch {marker}", "exec_prefix": ""},
@@ -133,7 +133,7 @@ def test_options_are_validated_and_reach_the_script(
                         {"cores": "2", "memory_gb": "3", "runtime_minutes": "90", "partition": "gpu"})
     assert hub.progress("btdave")[-1].get("ready")
     (job,) = hub.jobs_running()
-    script = (hub.slurm_dir / f"{job}.sh").read_text()
+    script = (hub.batch_dir / f"{job}.sh").read_text()
     for line in ("#SBATCH --cpus-per-task=2", "#SBATCH --mem=3G", "#SBATCH --time=01:30:00",
                  "#SBATCH --partition=gpu"):
         assert line in script
@@ -150,7 +150,26 @@ def test_single_outbound_port_mode(procs: ProcessGroup, pki: Pki, tmp_path: Path
     # The job's port report (and activity) reached the hub through the agent and the broker.
     assert tunnel["agent"]["streams_from_agent"] >= 1
     (job,) = hub.jobs_running()
-    assert "batchtunnel agent --hub-api-via-tunnel --" in (hub.slurm_dir / f"{job}.sh").read_text()
+    assert "batchtunnel agent --hub-api-via-tunnel --" in (hub.batch_dir / f"{job}.sh").read_text()
     assert "started" in notebook_status(hub, "bterin")
     hub.api("DELETE", "/hub/api/users/bterin/server")
     wait_until(lambda: not hub.jobs_running(), 30, "the job to be cancelled")
+
+
+def test_torque_spawner_end_to_end(procs: ProcessGroup, broker: BrokerProcess, tmp_path: Path) -> None:
+    hub = Hub(procs, tmp_path / "hub", broker, backend="torque", pending=1, options_cores_max=4)
+    ensure_user("btfrank")
+    hub.api("POST", "/hub/api/users/btfrank")
+    status, _ = hub.api("POST", "/hub/api/users/btfrank/server", {"cores": "3", "memory_gb": "5"})
+    events = hub.progress("btfrank")
+    assert events[-1].get("ready"), events
+    messages = [str(e.get("message", "")) for e in events]
+    assert any(re.search(r"Job \d+\.fakepbs queued", m) for m in messages), messages
+    assert any("running on localhost" in m for m in messages), messages
+    (job,) = hub.jobs_running()
+    script = (hub.batch_dir / f"{job}.sh").read_text()
+    assert "#PBS -l nodes=1:ppn=3" in script and "#PBS -l mem=5gb" in script
+    assert "started" in notebook_status(hub, "btfrank")
+    hub.api("DELETE", "/hub/api/users/btfrank/server")
+    wait_until(lambda: not hub.jobs_running(), 30, "the job to be cancelled")
+    wait_until(lambda: broker.client.tunnels() == [], 30, "the tunnel to be deleted")

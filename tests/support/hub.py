@@ -17,7 +17,7 @@ from .tunnel import ADMIN_TOKEN, BrokerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 CHP = ROOT / ".node" / "node_modules" / ".bin" / "configurable-http-proxy"
-FAKESLURM = Path(__file__).resolve().parent / "fakeslurm"
+FAKEBATCH = Path(__file__).resolve().parent / "fakebatch"
 
 
 def ensure_user(name: str) -> None:
@@ -32,21 +32,26 @@ class Hub:
     """``jupyterhub -f <generated config>``; the proxy keeps running if the hub dies (as sites run it)."""
 
     def __init__(self, procs: ProcessGroup, workdir: Path, broker: BrokerProcess, pending: float = 0,
-                 api_port: int = 0, **spawner: Any) -> None:
+                 api_port: int = 0, backend: str = "slurm", **spawner: Any) -> None:
         self.procs = procs
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.port, self.api_port, self.proxy_api_port = free_port(), api_port or free_port(), free_port()
         self.token = secrets.token_hex(16)
-        self.slurm_dir = workdir / "slurm"
+        self.batch_dir = workdir / "batch"
         (workdir / "admin.token").write_text(ADMIN_TOKEN)
         (workdir / "admin.token").chmod(0o600)
+        commands = {
+            "slurm": {"batch_submit_cmd": f"{FAKEBATCH}/sbatch --parsable",
+                      "batch_query_cmd": f"{FAKEBATCH}/squeue -h -j {{job_id}} -o '%T %B %r'",
+                      "batch_cancel_cmd": f"{FAKEBATCH}/scancel {{job_id}}", "req_srun": ""},
+            "torque": {"batch_submit_cmd": f"{FAKEBATCH}/qsub", "batch_query_cmd": f"{FAKEBATCH}/qstat -x {{job_id}}",
+                       "batch_cancel_cmd": f"{FAKEBATCH}/qdel {{job_id}}"},
+        }[backend]
+        spawner_class = {"slurm": "SlurmTunnelSpawner", "torque": "TorqueTunnelSpawner"}[backend]
         settings: dict[str, Any] = {
-            "batch_submit_cmd": f"{FAKESLURM}/sbatch --parsable",
-            "batch_query_cmd": f"{FAKESLURM}/squeue -h -j {{job_id}} -o '%T %B %r'",
-            "batch_cancel_cmd": f"{FAKESLURM}/scancel {{job_id}}",
+            **commands,
             "exec_prefix": "",
-            "req_srun": "",
             "startup_poll_interval": 0.2,
             "broker_url": broker.agent_url,
             "broker_api_url": broker.api_url,
@@ -76,17 +81,17 @@ class Hub:
             f"c.JupyterHub.services = [{{'name': 'tester', 'api_token': {self.token!r}}}]",
             "c.JupyterHub.load_roles = [{'name': 'tester', 'services': ['tester'], 'scopes': "
             "['admin:users', 'admin:servers', 'access:servers', 'read:users', 'list:users']}]",
-            "c.JupyterHub.spawner_class = 'slurm-tunnel'",
+            f"c.JupyterHub.spawner_class = {backend + '-tunnel'!r}",
             f"c.Spawner.cmd = [{str(BIN / 'jupyterhub-singleuser')!r}]",
             "c.Spawner.args = ['--allow-root']",
             "c.Spawner.start_timeout = 120",
             "c.Spawner.http_timeout = 60",
-            "c.Spawner.env_keep = ['PATH', 'LANG', 'LC_ALL', 'FAKESLURM_DIR', 'FAKESLURM_PENDING']",
+            "c.Spawner.env_keep = ['PATH', 'LANG', 'LC_ALL', 'FAKEBATCH_DIR', 'FAKEBATCH_PENDING']",
         ]
-        lines += [f"c.SlurmTunnelSpawner.{key} = {value!r}" for key, value in settings.items()]
+        lines += [f"c.{spawner_class}.{key} = {value!r}" for key, value in settings.items()]
         self.config = workdir / "jupyterhub_config.py"
         self.config.write_text("\n".join(lines) + "\n")
-        self.env = {"FAKESLURM_DIR": str(self.slurm_dir), "FAKESLURM_PENDING": str(pending)}
+        self.env = {"FAKEBATCH_DIR": str(self.batch_dir), "FAKEBATCH_PENDING": str(pending)}
         self.proc: Proc | None = None
         self.starts = 0
         self.start()
@@ -146,12 +151,15 @@ class Hub:
         return None if route is None else str(route["target"])
 
     def jobs_running(self) -> list[str]:
+        """Ids of the stand-in batch system's jobs whose process is still alive."""
         running = []
-        for pidfile in self.slurm_dir.glob("*.pid"):
-            out = subprocess.run([str(FAKESLURM / "squeue"), "-h", "-j", pidfile.stem], capture_output=True,
-                                 text=True, env={"FAKESLURM_DIR": str(self.slurm_dir)}).stdout
-            if out.strip():
-                running.append(pidfile.stem)
+        for pidfile in sorted(self.batch_dir.glob("*.pid")):
+            try:
+                with open(f"/proc/{int(pidfile.read_text())}/stat", "rb") as f:
+                    if f.read().rsplit(b")", 1)[1].split()[0] != b"Z":
+                        running.append(pidfile.stem)
+            except OSError:
+                pass
         return running
 
 

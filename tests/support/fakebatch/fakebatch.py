@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""A stand-in for Slurm at the command boundary (sbatch, squeue, scancel), for spawner tests.
+"""A stand-in for a batch system at the command boundary, for spawner tests.
 
-Jobs run on this machine: ``sbatch`` starts the script from stdin with the
-environment it was given, in its own session. State lives in $FAKESLURM_DIR.
-``FAKESLURM_PENDING=<seconds>`` keeps new jobs PENDING (reason "Resources") that long.
+Slurm (sbatch, squeue, scancel) and Torque (qsub, qstat -x, qdel) spellings.
+Jobs run on this machine: the submit command starts the script from stdin with
+the environment it was given, in its own session. State lives in $FAKEBATCH_DIR.
+``FAKEBATCH_PENDING=<seconds>`` keeps new jobs pending (reason "Resources") that long.
 Real Slurm is exercised by the real-Slurm end-to-end tests; this only models
-what the spawner sees.
+what the spawner sees of a batch system we cannot install here (Torque).
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ import sys
 import time
 from pathlib import Path
 
-STATE = Path(os.environ.get("FAKESLURM_DIR", "/tmp/fakeslurm"))
+STATE = Path(os.environ.get("FAKEBATCH_DIR", "/tmp/fakebatch"))
 
 
-def sbatch(args: list[str]) -> int:
+def submit(args: list[str]) -> int:
     STATE.mkdir(parents=True, exist_ok=True)
     counter = STATE / "counter"
     job = int(counter.read_text()) + 1 if counter.exists() else 1
@@ -33,7 +34,7 @@ def sbatch(args: list[str]) -> int:
     env_file.write_text(json.dumps(dict(os.environ)))
     chdir = next((line.split("=", 1)[1] for line in script.splitlines()
                   if line.startswith("#SBATCH --chdir=")), str(STATE))
-    pending = float(os.environ.get("FAKESLURM_PENDING", "0"))
+    pending = float(os.environ.get("FAKEBATCH_PENDING", "0"))
     started = STATE / f"{job}.started"
     wrapper = f"sleep {pending}; touch {started}; exec bash {STATE / f'{job}.sh'}"
     with open(STATE / f"{job}.out", "wb") as out:
@@ -41,11 +42,15 @@ def sbatch(args: list[str]) -> int:
                                 stderr=subprocess.STDOUT, cwd=chdir if os.path.isdir(chdir) else None,
                                 start_new_session=True)
     (STATE / f"{job}.pid").write_text(str(proc.pid))
-    print(job if "--parsable" in args else f"Submitted batch job {job}")
+    if TORQUE:
+        print(f"{job}.fakepbs")
+    else:
+        print(job if "--parsable" in args else f"Submitted batch job {job}")
     return 0
 
 
 def _pid(job: str) -> int | None:
+    job = job.split(".")[0]
     try:
         pid = int((STATE / f"{job}.pid").read_text())
     except (OSError, ValueError):
@@ -70,7 +75,18 @@ def squeue(args: list[str]) -> int:
     return 0
 
 
-def scancel(args: list[str]) -> int:
+def qstat(args: list[str]) -> int:
+    job = args[-1]
+    if _pid(job) is None:
+        state, host = "C", ""
+    else:
+        state = "R" if (STATE / f"{job.split('.')[0]}.started").exists() else "Q"
+        host = "<exec_host>localhost/0</exec_host>" if state == "R" else ""
+    print(f"<Data><Job><Job_Id>{job}</Job_Id><job_state>{state}</job_state>{host}</Job></Data>")
+    return 0
+
+
+def cancel(args: list[str]) -> int:
     job = args[0]
     pid = _pid(job)
     if pid is None:
@@ -84,6 +100,8 @@ def scancel(args: list[str]) -> int:
     return 0
 
 
+COMMANDS = {"sbatch": submit, "squeue": squeue, "scancel": cancel, "qsub": submit, "qstat": qstat, "qdel": cancel}
+TORQUE = Path(sys.argv[0]).name.startswith("q")
+
 if __name__ == "__main__":
-    command = Path(sys.argv[0]).name
-    sys.exit({"sbatch": sbatch, "squeue": squeue, "scancel": scancel}[command](sys.argv[1:]))
+    sys.exit(COMMANDS[Path(sys.argv[0]).name](sys.argv[1:]))
