@@ -131,6 +131,7 @@ def test_options_are_validated_and_reach_the_script(
 
     status, _ = hub.api("POST", "/hub/api/users/btdave/server",
                         {"cores": "2", "memory_gb": "3", "runtime_minutes": "90", "partition": "gpu"})
+    assert status in (201, 202)
     assert hub.progress("btdave")[-1].get("ready")
     (job,) = hub.jobs_running()
     script = (hub.batch_dir / f"{job}.sh").read_text()
@@ -161,6 +162,7 @@ def test_torque_spawner_end_to_end(procs: ProcessGroup, broker: BrokerProcess, t
     ensure_user("btfrank")
     hub.api("POST", "/hub/api/users/btfrank")
     status, _ = hub.api("POST", "/hub/api/users/btfrank/server", {"cores": "3", "memory_gb": "5"})
+    assert status in (201, 202)
     events = hub.progress("btfrank")
     assert events[-1].get("ready"), events
     messages = [str(e.get("message", "")) for e in events]
