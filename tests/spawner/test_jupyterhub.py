@@ -112,6 +112,7 @@ def test_notebook_survives_a_hub_kill9_and_restart(
     assert notebook_status(hub, "btcarol")["started"] == started
     hub.api("DELETE", "/hub/api/users/btcarol/server")
     wait_until(lambda: not hub.jobs_running(), 30, "the job to be cancelled")
+    wait_until(lambda: broker.client.tunnels() == [], 30, "the tunnel (known from the state) to be deleted")
 
 
 def test_options_are_validated_and_reach_the_script(
