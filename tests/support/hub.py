@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import pwd
+import signal
 import secrets
 import subprocess
 import time
@@ -94,6 +96,7 @@ class Hub:
         self.env = {"FAKEBATCH_DIR": str(self.batch_dir), "FAKEBATCH_PENDING": str(pending)}
         self.proc: Proc | None = None
         self.starts = 0
+        procs.cleanups.append(self.kill_jobs)  # jobs run in their own sessions: not in procs' groups
         self.start()
 
     def start(self) -> None:
@@ -149,6 +152,14 @@ class Hub:
             routes = json.load(resp)
         route = routes.get(f"/user/{user}") or routes.get(f"/user/{user}/")
         return None if route is None else str(route["target"])
+
+    def kill_jobs(self) -> None:
+        """Kill every job the stand-in batch system started (teardown, even after a failure)."""
+        for pidfile in self.batch_dir.glob("*.pid"):
+            try:
+                os.killpg(int(pidfile.read_text()), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
 
     def jobs_running(self) -> list[str]:
         """Ids of the stand-in batch system's jobs whose process is still alive."""

@@ -105,6 +105,7 @@ class ProcessGroup:
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
         self.procs: list[Proc] = []
+        self.cleanups: list[Callable[[], None]] = []
 
     def start(self, name: str, argv: list[str], **kwargs: Any) -> Proc:
         proc = Proc(name, argv, self.log_dir, **kwargs)
@@ -112,5 +113,10 @@ class ProcessGroup:
         return proc
 
     def stop_all(self) -> None:
+        for cleanup in reversed(self.cleanups):
+            try:
+                cleanup()
+            except Exception as exc:  # keep tearing down the rest
+                print(f"cleanup {cleanup} failed: {exc!r}")
         for proc in reversed(self.procs):
             proc.stop()
