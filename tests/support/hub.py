@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import signal
 import secrets
+import signal
 import subprocess
 import time
 import urllib.error
