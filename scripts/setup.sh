@@ -2,7 +2,9 @@
 # Prepare a Debian machine (as root) to run batchtunnel from this checkout. Idempotent.
 #   scripts/setup.sh [EXTRAS]     EXTRAS: pip extras to install, default "test,broker,fast"
 # Environment: SETUP_APT="pkg ..." extra Debian packages; SETUP_CHP=1 also installs Node.js (if missing)
-# and configurable-http-proxy into .node/ (its binary: .node/node_modules/.bin/configurable-http-proxy).
+# and configurable-http-proxy into .node/ (its binary: .node/node_modules/.bin/configurable-http-proxy);
+# SETUP_JOBENV=1 also builds .jobenv/, the batch jobs' Python environment: the system's /usr/bin/python3
+# (readable by every user, unlike a Python under /root), batchtunnel and what a notebook job runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras=${1:-test,broker,fast}
@@ -29,6 +31,20 @@ if [ -n "${SETUP_CHP:-}" ]; then
         echo "setup: npm install configurable-http-proxy"
         npm install --silent --no-fund --no-audit --prefix .node configurable-http-proxy@5.3.0 >/dev/null
     fi
+fi
+
+if [ -n "${SETUP_JOBENV:-}" ]; then
+    [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3 python3-venv
+    [ -x .jobenv/bin/python ] || /usr/bin/python3 -m venv .jobenv
+    jobwant="$(sha256sum pyproject.toml | cut -c1-16) job"
+    if [ "$(cat .jobenv/.installed 2>/dev/null)" != "$jobwant" ]; then
+        echo "setup: building .jobenv (the jobs' Python environment)"
+        .jobenv/bin/python -m pip install -q --upgrade pip
+        .jobenv/bin/python -m pip install -q -e . "jupyterhub==6.1.1" "batchspawner==1.3.0" jupyter_server \
+            ipykernel requests
+        echo "$jobwant" > .jobenv/.installed
+    fi
+    chmod -R a+rX .jobenv
 fi
 
 if [ ! -x .venv/bin/python ]; then

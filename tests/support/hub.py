@@ -20,6 +20,7 @@ from .tunnel import ADMIN_TOKEN, BrokerProcess
 ROOT = Path(__file__).resolve().parents[2]
 CHP = ROOT / ".node" / "node_modules" / ".bin" / "configurable-http-proxy"
 FAKEBATCH = Path(__file__).resolve().parent / "fakebatch"
+JOBENV = ROOT / ".jobenv" / "bin"  # the jobs' Python environment on the real cluster (scripts/setup.sh)
 
 
 def ensure_user(name: str) -> None:
@@ -34,7 +35,7 @@ class Hub:
     """``jupyterhub -f <generated config>``; the proxy keeps running if the hub dies (as sites run it)."""
 
     def __init__(self, procs: ProcessGroup, workdir: Path, broker: BrokerProcess, pending: float = 0,
-                 api_port: int = 0, backend: str = "slurm", **spawner: Any) -> None:
+                 api_port: int = 0, backend: str = "slurm", hub_ip: str = "127.0.0.1", **spawner: Any) -> None:
         self.procs = procs
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
@@ -49,10 +50,15 @@ class Hub:
                       "batch_cancel_cmd": f"{FAKEBATCH}/scancel {{job_id}}", "req_srun": ""},
             "torque": {"batch_submit_cmd": f"{FAKEBATCH}/qsub", "batch_query_cmd": f"{FAKEBATCH}/qstat -x {{job_id}}",
                        "batch_cancel_cmd": f"{FAKEBATCH}/qdel {{job_id}}"},
+            # The real cluster of scripts/slurm-cluster.sh: the spawner's own commands, jobs run as the user.
+            "real-slurm": {"exec_prefix": "sudo -E -u {username}", "req_srun": "",
+                           "agent_cmd": [str(JOBENV / "batchtunnel"), "agent"],
+                           "batchspawner_singleuser_cmd": str(JOBENV / "batchspawner-singleuser"),
+                           "cmd": [str(JOBENV / "jupyterhub-singleuser")]},
         }[backend]
-        spawner_class = {"slurm": "SlurmTunnelSpawner", "torque": "TorqueTunnelSpawner"}[backend]
+        spawner_class = {"slurm": "SlurmTunnelSpawner", "torque": "TorqueTunnelSpawner",
+                         "real-slurm": "SlurmTunnelSpawner"}[backend]
         settings: dict[str, Any] = {
-            **commands,
             "exec_prefix": "",
             "startup_poll_interval": 0.2,
             "broker_url": broker.agent_url,
@@ -63,13 +69,14 @@ class Hub:
             "connect_to_job_cmd": f"{BIN / 'batchtunnel'} connect --tunnel {{tunnel_id}} --port {{port}} "
                                   "--rport {rport} --poll-interval 0.5",
             "batchspawner_singleuser_cmd": str(BIN / "batchspawner-singleuser"),
+            **commands,
             **spawner,
         }
         lines = [
             "c = get_config()  # noqa",
             "c.JupyterHub.ip = '127.0.0.1'",
             f"c.JupyterHub.port = {self.port}",
-            "c.JupyterHub.hub_ip = '127.0.0.1'",
+            f"c.JupyterHub.hub_ip = {hub_ip!r}",
             f"c.JupyterHub.hub_port = {self.api_port}",
             f"c.ConfigurableHTTPProxy.api_url = 'http://127.0.0.1:{self.proxy_api_port}'",
             f"c.ConfigurableHTTPProxy.command = [{str(CHP)!r}]",
@@ -82,13 +89,13 @@ class Hub:
             "c.Authenticator.allow_all = True",
             f"c.JupyterHub.services = [{{'name': 'tester', 'api_token': {self.token!r}}}]",
             "c.JupyterHub.load_roles = [{'name': 'tester', 'services': ['tester'], 'scopes': "
-            "['admin:users', 'admin:servers', 'access:servers', 'read:users', 'list:users']}]",
-            f"c.JupyterHub.spawner_class = {backend + '-tunnel'!r}",
+            "['admin:users', 'admin:servers', 'access:servers', 'read:users', 'list:users', 'tokens']}]",
+            f"c.JupyterHub.spawner_class = {'torque-tunnel' if backend == 'torque' else 'slurm-tunnel'!r}",
             f"c.Spawner.cmd = [{str(BIN / 'jupyterhub-singleuser')!r}]",
             "c.Spawner.args = ['--allow-root']",
             "c.Spawner.start_timeout = 120",
             "c.Spawner.http_timeout = 60",
-            "c.Spawner.env_keep = ['PATH', 'LANG', 'LC_ALL', 'FAKEBATCH_DIR', 'FAKEBATCH_PENDING']",
+            "c.Spawner.env_keep = ['PATH', 'LANG', 'LC_ALL', 'FAKEBATCH_DIR', 'FAKEBATCH_PENDING', 'SLURM_CONF']",
         ]
         lines += [f"c.{spawner_class}.{key} = {value!r}" for key, value in settings.items()]
         self.config = workdir / "jupyterhub_config.py"

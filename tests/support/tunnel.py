@@ -38,7 +38,8 @@ def make_pki(directory: Path) -> Pki:
 
     directory.mkdir(parents=True, exist_ok=True)
     ca_cert, ca_key = ca.create_ca()
-    cert, key = ca.issue_server(ca_cert, ca_key, ["localhost"], ["127.0.0.1"])
+    # 10.213.7.1: the hub side of the test Slurm cluster (scripts/slurm-cluster.sh)
+    cert, key = ca.issue_server(ca_cert, ca_key, ["localhost"], ["127.0.0.1", "10.213.7.1"])
     ca.write_pem(str(directory / "ca.pem"), ca.cert_pem(ca_cert), False, True)
     ca.write_pem(str(directory / "broker.pem"), ca.cert_pem(cert), False, True)
     ca.write_pem(str(directory / "broker-key.pem"), ca.key_pem(key), True, True)
@@ -48,8 +49,11 @@ def make_pki(directory: Path) -> Pki:
 class BrokerProcess:
     """``batchtunnel broker`` on free loopback ports with TLS and an SQLite file."""
 
-    def __init__(self, procs: ProcessGroup, pki: Pki, workdir: Path, *extra: str) -> None:
+    def __init__(self, procs: ProcessGroup, pki: Pki, workdir: Path, *extra: str,
+                 listen_host: str = "127.0.0.1", public_host: str = "localhost") -> None:
         self.procs = procs
+        self.listen_host = listen_host
+        self.public_host = public_host
         self.pki = pki
         self.workdir = workdir
         self.extra = list(extra)
@@ -67,13 +71,13 @@ class BrokerProcess:
 
     @property
     def agent_url(self) -> str:
-        return f"wss://localhost:{self.agent_port}/agent"
+        return f"wss://{self.public_host}:{self.agent_port}/agent"
 
     def start(self) -> None:
         self.starts += 1
         self.proc = self.procs.start(
             f"broker-{self.starts}",
-            [str(BIN / "batchtunnel"), "broker", "--listen", f"127.0.0.1:{self.agent_port}",
+            [str(BIN / "batchtunnel"), "broker", "--listen", f"{self.listen_host}:{self.agent_port}",
              "--api-listen", f"127.0.0.1:{self.api_port}", "--cert", self.pki.cert, "--key", self.pki.key,
              "--database", self.database, *self.extra],
             env={"BATCHTUNNEL_ADMIN_TOKEN": ADMIN_TOKEN},

@@ -1,0 +1,168 @@
+"""End to end on a real Slurm cluster whose compute node accepts no inbound connections.
+
+scripts/slurm-cluster.sh starts Debian's slurmctld and munged on the hub side (10.213.7.1) and slurmd in
+a network namespace (10.213.7.2) whose firewall lets in only slurmctld. JupyterHub 6, the real
+configurable-http-proxy and our broker (TLS) run on the hub side; jobs run as real Linux users.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import secrets
+import socket
+import subprocess
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.support.hub import CHP, ROOT, Hub, ensure_user
+from tests.support.processes import ProcessGroup, port_open, wait_until
+from tests.support.tunnel import BrokerProcess, Pki
+from tests.tunnel.test_jupyter import execute_request
+
+HUB_SIDE = "10.213.7.1"
+NODE = "10.213.7.2"
+CLUSTER = ROOT / "scripts" / "slurm-cluster.sh"
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="the Slurm cluster needs root"),
+    pytest.mark.skipif(not CHP.exists(), reason="needs configurable-http-proxy (scripts/test.sh installs it)"),
+]
+
+
+def cluster(*args: str) -> str:
+    done = subprocess.run([str(CLUSTER), *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def slurm() -> Iterator[str]:
+    conf = cluster("up").strip().split("=", 1)[1]
+    os.environ["SLURM_CONF"] = conf
+    yield conf
+    cluster("down")
+
+
+@pytest.fixture
+def stack(slurm: str, procs: ProcessGroup, pki: Pki, tmp_path: Path) -> Iterator[tuple[Hub, BrokerProcess]]:
+    broker = BrokerProcess(procs, pki, tmp_path / "broker", listen_host=HUB_SIDE, public_host=HUB_SIDE)
+    hub = Hub(procs, tmp_path / "hub", broker, backend="real-slurm", hub_ip=HUB_SIDE, options_memory_max_gb=2)
+    yield hub, broker
+    for user in ("btslurm1", "btslurm2"):
+        hub.api("DELETE", f"/hub/api/users/{user}/server")
+    subprocess.run(["scancel", "--user=btslurm1", "--user=btslurm2"], capture_output=True)
+
+
+def squeue() -> str:
+    return subprocess.run(["squeue", "-h", "-o", "%i %u %T"], capture_output=True, text=True).stdout.strip()
+
+
+def spawn(hub: Hub, user: str, options: dict[str, str] | None = None) -> list[dict[str, object]]:
+    ensure_user(user)
+    hub.api("POST", f"/hub/api/users/{user}")
+    status, body = hub.api("POST", f"/hub/api/users/{user}/server", options or {"memory_gb": "1"})
+    assert status in (201, 202), body
+    return hub.progress(user)
+
+
+def user_token(hub: Hub, user: str) -> str:
+    status, body = hub.api("POST", f"/hub/api/users/{user}/tokens", {"note": "e2e", "expires_in": 600})
+    assert status == 201, body
+    return str(body["token"])
+
+
+def get(hub: Hub, path: str, token: str, timeout: float = 30) -> bytes:
+    req = urllib.request.Request(f"http://127.0.0.1:{hub.port}{path}")
+    req.add_header("Authorization", f"token {token}")
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        data: bytes = resp.read()
+        return data
+
+
+def direct_connection_fails(port: int) -> bool:
+    try:
+        socket.create_connection((NODE, port), timeout=3).close()
+    except OSError:
+        return True
+    return False
+
+
+async def execute(hub: Hub, user: str, token: str, code: str) -> str:
+    base = f"http://127.0.0.1:{hub.port}/user/{user}"
+    headers = {"Authorization": f"token {token}"}
+    async with aiohttp.ClientSession(headers=headers) as http:
+        async with http.post(f"{base}/api/kernels", json={"name": "python3"}) as resp:
+            assert resp.status == 201, await resp.text()
+            kernel = (await resp.json())["id"]
+        session = uuid.uuid4().hex
+        result = ""
+        async with http.ws_connect(f"{base}/api/kernels/{kernel}/channels?session_id={session}") as ws:
+            request = execute_request(code, session)
+            await ws.send_str(json.dumps(request))
+            async with asyncio.timeout(60):
+                async for message in ws:
+                    reply = json.loads(message.data)
+                    if reply.get("parent_header", {}).get("msg_id") != request["header"]["msg_id"]:  # type: ignore[index]
+                        continue
+                    if reply["msg_type"] == "execute_result":
+                        result = reply["content"]["data"]["text/plain"]
+                    if reply["msg_type"] == "status" and reply["content"]["execution_state"] == "idle" and result:
+                        break
+        async with http.delete(f"{base}/api/kernels/{kernel}") as resp:
+            assert resp.status == 204
+        return result
+
+
+async def test_a_notebook_on_a_firewalled_slurm_node(stack: tuple[Hub, BrokerProcess]) -> None:
+    hub, broker = stack
+    events = spawn(hub, "btslurm1")
+    assert events[-1].get("ready"), events
+    messages = [str(e.get("message", "")) for e in events]
+    assert any("running on btnode1" in m for m in messages), messages
+
+    (tunnel,) = broker.client.tunnels()
+    (exposure,) = tunnel["exposures"]
+    # The premise: from the hub side, the notebook's own port on the node cannot be reached.
+    assert direct_connection_fails(exposure["rport"])
+    # ... yet proxy -> broker -> agent -> notebook works.
+    token = user_token(hub, "btslurm1")
+    assert "started" in json.loads(get(hub, "/user/btslurm1/api/status", token))
+    assert await execute(hub, "btslurm1", token, "1+1") == "2"
+
+    # 50 MiB written in the notebook's directory downloads through the hub, byte for byte.
+    home = Path("/home/btslurm1")
+    data = secrets.token_bytes(50 * 1024 * 1024)
+    (home / "big.bin").write_bytes(data)
+    os.chown(home / "big.bin", *(lambda p: (p.pw_uid, p.pw_gid))(__import__("pwd").getpwnam("btslurm1")))
+    body = await asyncio.get_running_loop().run_in_executor(
+        None, get, hub, "/user/btslurm1/files/big.bin", token, 120)
+    assert hashlib.sha256(body).hexdigest() == hashlib.sha256(data).hexdigest()
+
+    # Stop: the job leaves the queue, the tunnel and its port are gone, nothing is left on the node.
+    (job,) = [line.split()[0] for line in squeue().splitlines()]
+    status, _ = hub.api("DELETE", "/hub/api/users/btslurm1/server")
+    assert status in (202, 204)
+    wait_until(lambda: job not in squeue(), 30, "the job to leave squeue")
+    wait_until(lambda: broker.client.tunnels() == [], 30, "the tunnel to be deleted")
+    assert not port_open(exposure["port"])
+    wait_until(lambda: node_processes() == ["slurmd"], 15, "only slurmd left in the node's namespace")
+
+
+def node_processes() -> list[str]:
+    pids = subprocess.run(["ip", "netns", "pids", "btnode"], capture_output=True, text=True).stdout.split()
+    names = []
+    for pid in pids:
+        try:
+            names.append(Path(f"/proc/{pid}/comm").read_text().strip())
+        except OSError:
+            pass
+    return sorted(names)
