@@ -15,9 +15,11 @@ Registered under the ``jupyterhub.spawners`` entry point, so
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from batchspawner import CondorSpawner, GridengineSpawner, LsfSpawner, PBSSpawner, SlurmSpawner, TorqueSpawner
+from batchspawner.batchspawner import format_template
 from traitlets import Unicode
 
 from .options import Choice
@@ -31,10 +33,28 @@ class SlurmTunnelSpawner(BrokerTunnelMixin, SlurmSpawner):  # type: ignore[misc]
     batch_query_cmd = Unicode("squeue -h -j {job_id} -o '%T %B %r'").tag(config=True)
     state_exechost_re = Unicode(r"^\S+\s+((?:[\w_-]+\.?)+)").tag(config=True)
 
+    batch_end_cmd = Unicode(
+        "scontrol show job {job_id}",
+        help="Command whose output says how a finished job ended (JobState, Reason, ExitCode, StdOut).",
+    ).tag(config=True)
+
     def pending_reason(self) -> str:
         parts = (self.job_status or "").split(None, 2)
         reason = parts[2].strip() if len(parts) == 3 else ""
         return "" if reason in ("", "None", "(null)") else reason
+
+    async def job_end_reason(self, job_id: str) -> str:
+        subvars = {**self.get_req_subvars(), "job_id": job_id}
+        command = " ".join((format_template(self.exec_prefix, **subvars),
+                            format_template(self.batch_end_cmd, **subvars)))
+        try:
+            out = await self.run_command(command)
+        except RuntimeError:
+            return ""
+        fields = dict(re.findall(r"(\w+)=(\S*)", out))
+        reason = f"{fields.get('JobState', '?')} ({fields.get('Reason', '?')}), exit code {fields.get('ExitCode', '?')}"
+        output = _tail(fields.get("StdOut", ""))
+        return f"{reason}; its output ends: {output}" if output else reason
 
 
 class TorqueTunnelSpawner(BrokerTunnelMixin, TorqueSpawner):  # type: ignore[misc]
@@ -71,3 +91,15 @@ __all__ = [
     "CondorTunnelSpawner", "GridEngineTunnelSpawner", "LsfTunnelSpawner", "PBSTunnelSpawner",
     "SlurmTunnelSpawner", "TorqueTunnelSpawner",
 ]
+
+
+def _tail(path: str, lines: int = 3) -> str:
+    """The last lines of a job's output file, joined; "" if unreadable."""
+    try:
+        with open(path, "rb") as file:
+            file.seek(0, 2)
+            file.seek(max(0, file.tell() - 4096))
+            text = file.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])[:500]

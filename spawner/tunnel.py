@@ -81,6 +81,7 @@ class BrokerTunnelMixin(ResourceOptionsMixin, ConnectToJobMixin):
 
     tunnel_id = Unicode("")  # state
     _agent_token = ""  # memory only: given to the job once, never stored
+    _submitted_job = ""  # batchspawner clears job_id when a job dies; we still want to ask why
 
     @default("connect_to_job_cmd")
     def _default_connect_cmd(self) -> str:
@@ -138,7 +139,7 @@ class BrokerTunnelMixin(ResourceOptionsMixin, ConnectToJobMixin):
             self.log.info("Submitting job for %s: %s", self.user.name, cmd)  # type: ignore[attr-defined]
             self.log.debug("Batch script:\n%s", script)  # type: ignore[attr-defined]
             out = await self.run_command(cmd, input=script, env=self.get_env())  # type: ignore[attr-defined]
-            self.job_id = self.parse_job_id(out)  # type: ignore[attr-defined]
+            self.job_id = self._submitted_job = self.parse_job_id(out)  # type: ignore[attr-defined]
         except BaseException:
             await self.delete_tunnel()
             raise
@@ -146,6 +147,25 @@ class BrokerTunnelMixin(ResourceOptionsMixin, ConnectToJobMixin):
             self._agent_token = ""
         self.log.info("Job %s submitted for %s", self.job_id, self.user.name)  # type: ignore[attr-defined]
         return str(self.job_id)  # type: ignore[attr-defined]
+
+    async def start(self) -> Any:
+        """As batchspawner's, but a job that ends before its notebook starts fails the spawn with the
+        batch system's reason, and its tunnel is deleted."""
+        self._submitted_job = ""
+        try:
+            return await super().start()
+        except RuntimeError as exc:
+            job = self._submitted_job
+            if not job or "disappeared" not in str(exc):
+                raise
+            reason = await self.job_end_reason(job)
+            await self.delete_tunnel()
+            raise RuntimeError(f"Batch job {job} ended before its notebook started: "
+                               f"{reason or 'the batch system gave no reason'}") from None
+
+    async def job_end_reason(self, job_id: str) -> str:
+        """Why a job ended, from the batch system (override per backend); "" if unknown."""
+        return ""
 
     def get_env(self) -> dict[str, str]:
         env: dict[str, str] = super().get_env()  # type: ignore[misc]

@@ -14,6 +14,7 @@ import os
 import secrets
 import socket
 import subprocess
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -24,7 +25,7 @@ import aiohttp
 import pytest
 
 from tests.support.hub import CHP, ROOT, Hub, ensure_user
-from tests.support.processes import ProcessGroup, port_open, wait_until
+from tests.support.processes import ProcessGroup, free_port, port_open, wait_until
 from tests.support.tunnel import BrokerProcess, Pki
 from tests.tunnel.test_jupyter import execute_request
 
@@ -55,7 +56,8 @@ def slurm() -> Iterator[str]:
 @pytest.fixture
 def stack(slurm: str, procs: ProcessGroup, pki: Pki, tmp_path: Path) -> Iterator[tuple[Hub, BrokerProcess]]:
     broker = BrokerProcess(procs, pki, tmp_path / "broker", listen_host=HUB_SIDE, public_host=HUB_SIDE)
-    hub = Hub(procs, tmp_path / "hub", broker, backend="real-slurm", hub_ip=HUB_SIDE, options_memory_max_gb=2)
+    hub = Hub(procs, tmp_path / "hub", broker, backend="real-slurm", hub_ip=HUB_SIDE, options_memory_max_gb=2,
+              options_environments={"default": "", "broken": "echo 'module python/9 not found' >&2; exit 3"})
     yield hub, broker
     for user in ("btslurm1", "btslurm2"):
         hub.api("DELETE", f"/hub/api/users/{user}/server")
@@ -166,3 +168,62 @@ def node_processes() -> list[str]:
         except OSError:
             pass
     return sorted(names)
+
+
+def test_bad_input_is_refused_quickly_with_its_reason(stack: tuple[Hub, BrokerProcess]) -> None:
+    hub, broker = stack
+    events = spawn(hub, "btslurm1", {"memory_gb": "64"})
+    assert events[-1].get("failed") and "memory_gb: 64 is more than the 2 GB" in str(events[-1]["message"])
+    assert squeue() == "" and broker.client.tunnels() == []
+
+    # A job that dies before its notebook starts: the spawn ends in seconds, with Slurm's reason.
+    started = time.monotonic()
+    events = spawn(hub, "btslurm1", {"memory_gb": "1", "environment": "broken"})
+    message = str(events[-1].get("message"))
+    assert events[-1].get("failed"), events
+    assert time.monotonic() - started < 60
+    assert "ended before its notebook started: FAILED (NonZeroExitCode), exit code 3:0" in message
+    assert "module python/9 not found" in message
+    assert broker.client.tunnels() == []
+
+
+def test_two_users_each_reach_only_their_own_server(stack: tuple[Hub, BrokerProcess]) -> None:
+    hub, broker = stack
+    for user in ("btslurm1", "btslurm2"):
+        assert spawn(hub, user)[-1].get("ready")
+    tokens = {user: user_token(hub, user) for user in ("btslurm1", "btslurm2")}
+    for user, token in tokens.items():
+        assert "started" in json.loads(get(hub, f"/user/{user}/api/status", token))
+        other = "btslurm2" if user == "btslurm1" else "btslurm1"
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            get(hub, f"/user/{other}/api/status", token)
+        exc.value.close()
+        assert exc.value.code == 403
+    assert len(broker.client.tunnels()) == 2
+
+
+@pytest.fixture
+def strict_stack(slurm: str, procs: ProcessGroup, pki: Pki, tmp_path: Path) -> Iterator[tuple[Hub, BrokerProcess]]:
+    hub_api_port = free_port()
+    broker = BrokerProcess(procs, pki, tmp_path / "broker", "--hub-api", f"{HUB_SIDE}:{hub_api_port}",
+                           listen_host=HUB_SIDE, public_host=HUB_SIDE)
+    hub = Hub(procs, tmp_path / "hub", broker, backend="real-slurm", hub_ip=HUB_SIDE, api_port=hub_api_port,
+              hub_api_via_tunnel=True)
+    cluster("firewall", "strict", str(broker.agent_port))
+    try:
+        yield hub, broker
+    finally:
+        hub.api("DELETE", "/hub/api/users/btslurm1/server")
+        cluster("firewall", "default")
+
+
+async def test_strict_firewall_needs_only_the_broker_port(strict_stack: tuple[Hub, BrokerProcess]) -> None:
+    hub, broker = strict_stack
+    events = spawn(hub, "btslurm1")
+    assert events[-1].get("ready"), events
+    (tunnel,) = broker.client.tunnels()
+    assert tunnel["agent"]["streams_from_agent"] >= 1  # the hub API was reached through the tunnel
+    token = user_token(hub, "btslurm1")
+    assert await execute(hub, "btslurm1", token, "6*7") == "42"
+    hub.api("DELETE", "/hub/api/users/btslurm1/server")
+    wait_until(lambda: squeue() == "", 30, "the job to leave squeue")
