@@ -36,12 +36,16 @@ fi
 if [ -n "${SETUP_JOBENV:-}" ]; then
     [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3 python3-venv
     [ -x .jobenv/bin/python ] || /usr/bin/python3 -m venv .jobenv
-    jobwant="$(sha256sum pyproject.toml | cut -c1-16) job"
+    jobwant="$(sha256sum pyproject.toml | cut -c1-16) job+lab"
     if [ "$(cat .jobenv/.installed 2>/dev/null)" != "$jobwant" ]; then
         echo "setup: building .jobenv (the jobs' Python environment)"
         .jobenv/bin/python -m pip install -q --upgrade pip
         .jobenv/bin/python -m pip install -q -e . "jupyterhub==6.1.1" "batchspawner==1.3.0" jupyter_server \
-            ipykernel requests
+            jupyterlab ipykernel requests
+        # No "get notified about Jupyter news" popup covering the page (and no request leaving the node).
+        mkdir -p .jobenv/share/jupyter/lab/settings
+        echo '{"@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": false}}' \
+            > .jobenv/share/jupyter/lab/settings/overrides.json
         echo "$jobwant" > .jobenv/.installed
     fi
     chmod -R a+rX .jobenv

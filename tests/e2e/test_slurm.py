@@ -24,44 +24,14 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.support.hub import CHP, ROOT, Hub, ensure_user
+from tests.support.hub import Hub, ensure_user
 from tests.support.processes import ProcessGroup, free_port, port_open, wait_until
 from tests.support.tunnel import BrokerProcess, Pki
 from tests.tunnel.test_jupyter import execute_request
 
-HUB_SIDE = "10.213.7.1"
-NODE = "10.213.7.2"
-CLUSTER = ROOT / "scripts" / "slurm-cluster.sh"
+from .conftest import HUB_SIDE, NODE, REQUIREMENTS, cluster
 
-pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="the Slurm cluster needs root"),
-    pytest.mark.skipif(not CHP.exists(), reason="needs configurable-http-proxy (scripts/test.sh installs it)"),
-]
-
-
-def cluster(*args: str) -> str:
-    done = subprocess.run([str(CLUSTER), *args], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
-
-
-@pytest.fixture(scope="module")
-def slurm() -> Iterator[str]:
-    conf = cluster("up").strip().split("=", 1)[1]
-    os.environ["SLURM_CONF"] = conf
-    yield conf
-    cluster("down")
-
-
-@pytest.fixture
-def stack(slurm: str, procs: ProcessGroup, pki: Pki, tmp_path: Path) -> Iterator[tuple[Hub, BrokerProcess]]:
-    broker = BrokerProcess(procs, pki, tmp_path / "broker", listen_host=HUB_SIDE, public_host=HUB_SIDE)
-    hub = Hub(procs, tmp_path / "hub", broker, backend="real-slurm", hub_ip=HUB_SIDE, options_memory_max_gb=2,
-              options_environments={"default": "", "broken": "echo 'module python/9 not found' >&2; exit 3"})
-    yield hub, broker
-    for user in ("btslurm1", "btslurm2"):
-        hub.api("DELETE", f"/hub/api/users/{user}/server")
-    subprocess.run(["scancel", "--user=btslurm1", "--user=btslurm2"], capture_output=True)
+pytestmark = REQUIREMENTS
 
 
 def squeue() -> str:

@@ -1,0 +1,50 @@
+"""The real Slurm cluster (scripts/slurm-cluster.sh) and a JupyterHub + broker stack on its hub side."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.hub import CHP, ROOT, Hub
+from tests.support.processes import ProcessGroup
+from tests.support.tunnel import BrokerProcess, Pki
+
+HUB_SIDE = "10.213.7.1"
+NODE = "10.213.7.2"
+CLUSTER = ROOT / "scripts" / "slurm-cluster.sh"
+
+REQUIREMENTS = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="the Slurm cluster needs root"),
+    pytest.mark.skipif(not CHP.exists(), reason="needs configurable-http-proxy (scripts/test.sh installs it)"),
+]
+
+
+def cluster(*args: str) -> str:
+    done = subprocess.run([str(CLUSTER), *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.fixture(scope="session")
+def slurm() -> Iterator[str]:
+    conf = cluster("up").strip().split("=", 1)[1]
+    os.environ["SLURM_CONF"] = conf
+    yield conf
+    cluster("down")
+
+
+@pytest.fixture
+def stack(slurm: str, procs: ProcessGroup, pki: Pki, tmp_path: Path) -> Iterator[tuple[Hub, BrokerProcess]]:
+    broker = BrokerProcess(procs, pki, tmp_path / "broker", listen_host=HUB_SIDE, public_host=HUB_SIDE)
+    hub = Hub(procs, tmp_path / "hub", broker, backend="real-slurm", hub_ip=HUB_SIDE, options_memory_max_gb=2,
+              options_environments={"default": "", "broken": "echo 'module python/9 not found' >&2; exit 3"})
+    yield hub, broker
+    for user in ("btslurm1", "btslurm2", "btbrowser"):
+        hub.api("DELETE", f"/hub/api/users/{user}/server")
+    subprocess.run(["scancel", "--partition=debug"], capture_output=True)  # the test cluster's jobs only
+
+
