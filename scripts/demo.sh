@@ -1,69 +1,106 @@
 #!/usr/bin/env bash
-# The demo, on one machine: broker (TLS) + agent wrapping a JupyterLab server + `batchtunnel connect`.
-# The notebook listens only on 127.0.0.1:18888; you reach it through the tunnel on 127.0.0.1:18000.
-# (The firewalled Slurm node version replaces this once the real-Slurm setup lands.)
-#   scripts/demo.sh        bring it up (again: prints the URL of the running demo)
+# The demo: JupyterHub on a Slurm cluster whose compute node accepts no inbound connections.
+#
+#   scripts/demo.sh        bring it up (again: prints how to use the running demo)
 #   scripts/demo.sh down   stop everything it started
+#
+# Hub side (this machine, 10.213.7.1): JupyterHub + configurable-http-proxy on http://127.0.0.1:8000,
+# the broker (TLS) on 10.213.7.1:18765, slurmctld. Compute node btnode1: slurmd in network namespace
+# "btnode" (10.213.7.2) behind a firewall that lets in only slurmctld. Notebooks run there as the demo
+# users and are reached through the tunnel their job dials out. Needs root (a fresh Debian machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-STATE=.demo
+STATE=$PWD/.demo
 BT=.venv/bin/batchtunnel
-NOTEBOOK_PORT=18888 HUB_PORT=18000 AGENT_PORT=18765 API_PORT=18766
+HUB_SIDE=10.213.7.1
+AGENT_PORT=18765 API_PORT=18766 HUB_PORT=8000 HUB_API_PORT=18081 PROXY_API_PORT=18001
+USERS="demo1 demo2"
 
-stop_all() {
-    for name in connect agent broker; do
-        if [ -f "$STATE/$name.pid" ]; then
-            pid=$(cat "$STATE/$name.pid")
-            kill -TERM -- "-$pid" 2>/dev/null || true
-            for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-            kill -KILL -- "-$pid" 2>/dev/null || true
-            rm -f "$STATE/$name.pid"
-        fi
-    done
+stop_pid() {  # stop_pid NAME: SIGTERM its process group, wait, then SIGKILL
+    local file=$STATE/$1.pid
+    [ -f "$file" ] || return 0
+    local pid; pid=$(cat "$file")
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL -- "-$pid" 2>/dev/null || true
+    rm -f "$file"
 }
 
 running() { [ -f "$STATE/$1.pid" ] && kill -0 "$(cat "$STATE/$1.pid")" 2>/dev/null; }
 
-wait_for() {  # wait_for DESCRIPTION SECONDS COMMAND...
-    local what=$1 secs=$2; shift 2
+wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
+    local secs=$1 what=$2; shift 2
     for _ in $(seq $((secs * 10))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
     echo "demo: timed out waiting for $what; see $STATE/*.log" >&2; exit 1
 }
 
 if [ "${1:-up}" = "down" ]; then
-    stop_all; rm -rf "$STATE"; echo "demo: stopped"; exit 0
+    stop_pid jupyterhub   # stops the users' servers: jobs cancelled, tunnels deleted, proxy stopped
+    stop_pid broker
+    scripts/slurm-cluster.sh down || true
+    rm -rf "$STATE"
+    echo "demo: stopped"
+    exit 0
 fi
 
-SETUP_APT=curl scripts/setup.sh broker,fast
-[ -x .venv/bin/jupyter-lab ] || .venv/bin/python -m pip install -q jupyterlab
+SETUP_APT=curl SETUP_CHP=1 SETUP_JOBENV=1 scripts/setup.sh broker,fast,spawner
+eval "$(scripts/slurm-cluster.sh up)"   # sets SLURM_CONF
+export SLURM_CONF
 mkdir -p "$STATE" && chmod 700 "$STATE"
+for user in $USERS; do id "$user" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash "$user"; done
+[ -f "$STATE/password" ] || (umask 077; .venv/bin/python -c 'import secrets; print(secrets.token_urlsafe(9))' > "$STATE/password")
+[ -f "$STATE/pki/ca.pem" ] || $BT certs init --dir "$STATE/pki" --hostname localhost --ip "$HUB_SIDE" >/dev/null
 
-if ! running broker || ! running agent || ! running connect; then
-    stop_all
-    [ -f "$STATE/pki/ca.pem" ] || $BT certs init --dir "$STATE/pki" --hostname localhost --ip 127.0.0.1 >/dev/null
-    [ -f "$STATE/jupyter.token" ] || (umask 077; .venv/bin/python -c 'import secrets; print(secrets.token_hex(16))' > "$STATE/jupyter.token")
-    setsid $BT broker --listen 127.0.0.1:$AGENT_PORT --api-listen 127.0.0.1:$API_PORT \
+if ! running broker; then
+    setsid $BT broker --listen "$HUB_SIDE:$AGENT_PORT" --api-listen "127.0.0.1:$API_PORT" \
         --cert "$STATE/pki/broker.pem" --key "$STATE/pki/broker-key.pem" \
         --admin-token-file "$STATE/admin.token" --database "$STATE/broker.sqlite" \
-        > "$STATE/broker.log" 2>&1 & echo $! > "$STATE/broker.pid"
-    export BATCHTUNNEL_API_URL=http://127.0.0.1:$API_PORT BATCHTUNNEL_ADMIN_TOKEN_FILE=$STATE/admin.token
-    wait_for "the broker" 20 curl -sf "$BATCHTUNNEL_API_URL/health"
-    [ -f "$STATE/tunnel.id" ] || $BT tunnels create --name demo --token-out "$STATE/agent.token" > "$STATE/tunnel.id"
-    # What a batch job runs: the agent wrapping the notebook, secrets only in the environment and files.
-    JUPYTER_TOKEN=$(cat "$STATE/jupyter.token") setsid $BT agent --url wss://localhost:$AGENT_PORT/agent \
-        --cafile "$STATE/pki/ca.pem" --token-file "$STATE/agent.token" -- \
-        .venv/bin/jupyter-lab --no-browser --allow-root --ServerApp.ip=127.0.0.1 \
-        --ServerApp.port=$NOTEBOOK_PORT --ServerApp.root_dir="$PWD/$STATE" \
-        > "$STATE/agent.log" 2>&1 & echo $! > "$STATE/agent.pid"
-    # What the spawner runs on the hub side:
-    setsid $BT connect --tunnel "$(cat "$STATE/tunnel.id")" --port $HUB_PORT --rport $NOTEBOOK_PORT \
-        > "$STATE/connect.log" 2>&1 & echo $! > "$STATE/connect.pid"
-    wait_for "the notebook through the tunnel" 60 curl -sf "http://127.0.0.1:$HUB_PORT/api/status?token=$(cat "$STATE/jupyter.token")"
+        --hub-api "$HUB_SIDE:$HUB_API_PORT" > "$STATE/broker.log" 2>&1 < /dev/null & echo $! > "$STATE/broker.pid"
+    wait_for 20 "the broker" curl -sf "http://127.0.0.1:$API_PORT/health"
 fi
+
+if ! running jupyterhub; then
+    cat > "$STATE/jupyterhub_config.py" <<CONFIG
+c = get_config()  # noqa
+c.JupyterHub.bind_url = "http://127.0.0.1:$HUB_PORT"
+c.JupyterHub.hub_ip = "$HUB_SIDE"
+c.JupyterHub.hub_port = $HUB_API_PORT
+c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:$PROXY_API_PORT"
+c.ConfigurableHTTPProxy.command = ["$PWD/.node/node_modules/.bin/configurable-http-proxy"]
+c.JupyterHub.db_url = "sqlite:///$STATE/jupyterhub.sqlite"
+c.JupyterHub.cookie_secret_file = "$STATE/cookie_secret"
+c.JupyterHub.authenticator_class = "shared-password"
+c.SharedPasswordAuthenticator.user_password = open("$STATE/password").read().strip()
+c.Authenticator.allow_all = True
+c.JupyterHub.spawner_class = "slurm-tunnel"
+c.Spawner.env_keep = ["PATH", "LANG", "LC_ALL", "SLURM_CONF"]
+c.Spawner.start_timeout = 180
+c.SlurmTunnelSpawner.req_srun = ""
+c.SlurmTunnelSpawner.broker_url = "wss://$HUB_SIDE:$AGENT_PORT/agent"
+c.SlurmTunnelSpawner.broker_api_url = "http://127.0.0.1:$API_PORT"
+c.SlurmTunnelSpawner.broker_admin_token_file = "$STATE/admin.token"
+c.SlurmTunnelSpawner.broker_ca_file = "$STATE/pki/ca.pem"
+c.SlurmTunnelSpawner.connect_to_job_cmd = "$PWD/.venv/bin/batchtunnel connect --tunnel {tunnel_id} --port {port} --rport {rport}"
+# The jobs' own Python environment (readable by the users): agent, notebook, kernel.
+c.SlurmTunnelSpawner.agent_cmd = ["$PWD/.jobenv/bin/batchtunnel", "agent"]
+c.SlurmTunnelSpawner.batchspawner_singleuser_cmd = "$PWD/.jobenv/bin/batchspawner-singleuser"
+c.SlurmTunnelSpawner.cmd = ["$PWD/.jobenv/bin/jupyterhub-singleuser"]
+c.SlurmTunnelSpawner.options_cores_max = 2
+c.SlurmTunnelSpawner.options_memory_max_gb = 2
+c.SlurmTunnelSpawner.options_runtime_max_minutes = 240
+c.SlurmTunnelSpawner.options_partitions = ["debug"]
+c.SlurmTunnelSpawner.options_environments = {"Python (job environment)": ""}
+CONFIG
+    setsid .venv/bin/jupyterhub -f "$STATE/jupyterhub_config.py" \
+        > "$STATE/jupyterhub.log" 2>&1 < /dev/null & echo $! > "$STATE/jupyterhub.pid"
+    wait_for 60 "JupyterHub" curl -sf "http://127.0.0.1:$HUB_PORT/hub/api/"
+fi
+
 cat <<MSG
-batchtunnel demo is up.
-  JupyterLab through the tunnel:  http://127.0.0.1:$HUB_PORT/lab?token=$(cat "$STATE/jupyter.token")
-  broker API:                     http://127.0.0.1:$API_PORT/health  (admin token in $STATE/admin.token)
-  logs:                           $STATE/{broker,agent,connect}.log
-  stop:                           scripts/demo.sh down
+batchtunnel demo is up: JupyterHub on a Slurm cluster whose compute node accepts no inbound connections.
+  open        http://127.0.0.1:$HUB_PORT   (from elsewhere: ssh -L $HUB_PORT:127.0.0.1:$HUB_PORT <this machine>)
+  log in as   $(echo $USERS | sed 's/ / or /')   password: $(cat "$STATE/password")
+  the node    btnode1 (10.213.7.2), firewall: scripts/slurm-cluster.sh status
+  logs        $STATE/{jupyterhub,broker}.log, /var/lib/batchtunnel-cluster/slurm*.log
+  stop        scripts/demo.sh down
 MSG

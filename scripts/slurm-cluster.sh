@@ -54,7 +54,8 @@ start_munge() {
     fi
     if ! alive /run/munge/munged.pid; then
         # setpriv, not runuser: the PID file must name munged itself.
-        setpriv --reuid=munge --regid=munge --init-groups munged --force
+        # Its own output, not ours: a daemon holding our stdout would hang "$(slurm-cluster.sh up)".
+        setpriv --reuid=munge --regid=munge --init-groups munged --force > /dev/null 2>&1 < /dev/null
     fi
     wait_for 10 munged munge -n
 }
