@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.hub import CHP, ROOT, Hub
-from tests.support.processes import ProcessGroup
+from tests.support.processes import ProcessGroup, wait_until
 from tests.support.tunnel import BrokerProcess, Pki
 
 HUB_SIDE = "10.213.7.1"
@@ -39,6 +39,7 @@ def slurm() -> Iterator[str]:
 
 @pytest.fixture
 def stack(slurm: str, procs: ProcessGroup, pki: Pki, tmp_path: Path) -> Iterator[tuple[Hub, BrokerProcess]]:
+    empty_queue()  # a previous test's cancelled job may still be completing
     broker = BrokerProcess(procs, pki, tmp_path / "broker", listen_host=HUB_SIDE, public_host=HUB_SIDE)
     hub = Hub(procs, tmp_path / "hub", broker, backend="real-slurm", hub_ip=HUB_SIDE, options_memory_max_gb=2,
               options_environments={"default": "", "broken": "echo 'module python/9 not found' >&2; exit 3"})
@@ -46,5 +47,11 @@ def stack(slurm: str, procs: ProcessGroup, pki: Pki, tmp_path: Path) -> Iterator
     for user in ("btslurm1", "btslurm2", "btbrowser"):
         hub.api("DELETE", f"/hub/api/users/{user}/server")
     subprocess.run(["scancel", "--partition=debug"], capture_output=True)  # the test cluster's jobs only
+    empty_queue()
+
+
+def empty_queue() -> None:
+    wait_until(lambda: subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout.strip() == "",
+               60, "the Slurm queue to empty")
 
 
