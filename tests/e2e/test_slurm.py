@@ -17,7 +17,6 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,9 +24,9 @@ import aiohttp
 import pytest
 
 from tests.support.hub import Hub, ensure_user
+from tests.support.kernel import run_code
 from tests.support.processes import ProcessGroup, free_port, port_open, wait_until
 from tests.support.tunnel import BrokerProcess, Pki
-from tests.tunnel.test_jupyter import execute_request
 
 from .conftest import HUB_SIDE, NODE, REQUIREMENTS, cluster, empty_queue
 
@@ -69,29 +68,8 @@ def direct_connection_fails(port: int) -> bool:
 
 
 async def execute(hub: Hub, user: str, token: str, code: str) -> str:
-    base = f"http://127.0.0.1:{hub.port}/user/{user}"
-    headers = {"Authorization": f"token {token}"}
-    async with aiohttp.ClientSession(headers=headers) as http:
-        async with http.post(f"{base}/api/kernels", json={"name": "python3"}) as resp:
-            assert resp.status == 201, await resp.text()
-            kernel = (await resp.json())["id"]
-        session = uuid.uuid4().hex
-        result = ""
-        async with http.ws_connect(f"{base}/api/kernels/{kernel}/channels?session_id={session}") as ws:
-            request = execute_request(code, session)
-            await ws.send_str(json.dumps(request))
-            async with asyncio.timeout(60):
-                async for message in ws:
-                    reply = json.loads(message.data)
-                    if reply.get("parent_header", {}).get("msg_id") != request["header"]["msg_id"]:  # type: ignore[index]
-                        continue
-                    if reply["msg_type"] == "execute_result":
-                        result = reply["content"]["data"]["text/plain"]
-                    if reply["msg_type"] == "status" and reply["content"]["execution_state"] == "idle" and result:
-                        break
-        async with http.delete(f"{base}/api/kernels/{kernel}") as resp:
-            assert resp.status == 204
-        return result
+    async with aiohttp.ClientSession(headers={"Authorization": f"token {token}"}) as http:
+        return await run_code(http, f"http://127.0.0.1:{hub.port}/user/{user}", code)
 
 
 async def test_a_notebook_on_a_firewalled_slurm_node(stack: tuple[Hub, BrokerProcess]) -> None:
