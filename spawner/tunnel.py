@@ -15,7 +15,7 @@ import shlex
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from batchspawner.batchspawner import format_template
+from batchspawner.batchspawner import JobStatus, format_template
 from traitlets import Bool, List, Unicode, default
 
 from ..broker.client import ApiError, BrokerClient
@@ -152,8 +152,18 @@ class BrokerTunnelMixin(ResourceOptionsMixin, ConnectToJobMixin):
         """As batchspawner's, but a job that ends before its notebook starts fails the spawn with the
         batch system's reason, and its tunnel is deleted."""
         self._submitted_job = ""
+        # batchspawner stops watching the job once it is RUNNING and then only waits for the port:
+        # a job that dies in between would hang the spawn until start_timeout. Keep watching it.
+        starting = asyncio.ensure_future(super().start())  # owned here: awaited or cancelled below
         try:
-            return await super().start()
+            while True:
+                done, _ = await asyncio.wait({starting}, timeout=max(1.0, self.startup_poll_interval))  # type: ignore[attr-defined]
+                if done:
+                    return starting.result()
+                if self._submitted_job and await self._job_gone():
+                    starting.cancel()
+                    await asyncio.gather(starting, return_exceptions=True)
+                    raise RuntimeError("disappeared")
         except RuntimeError as exc:
             job = self._submitted_job
             if not job or "disappeared" not in str(exc):
@@ -162,6 +172,17 @@ class BrokerTunnelMixin(ResourceOptionsMixin, ConnectToJobMixin):
             await self.delete_tunnel()
             raise RuntimeError(f"Batch job {job} ended before its notebook started: "
                                f"{reason or 'the batch system gave no reason'}") from None
+        finally:
+            if not starting.done():
+                starting.cancel()
+                await asyncio.gather(starting, return_exceptions=True)
+
+    async def _job_gone(self) -> bool:
+        """True once the submitted job is neither pending nor running (nor unknown to a busy scheduler)."""
+        if not getattr(self, "job_id", ""):
+            return False
+        status = await self.query_job_status()  # type: ignore[attr-defined]
+        return status is JobStatus.NOTFOUND
 
     async def job_end_reason(self, job_id: str) -> str:
         """Why a job ended, from the batch system (override per backend); "" if unknown."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.request
 from pathlib import Path
 
@@ -176,3 +177,20 @@ def test_torque_spawner_end_to_end(procs: ProcessGroup, broker: BrokerProcess, t
     hub.api("DELETE", "/hub/api/users/btfrank/server")
     wait_until(lambda: not hub.jobs_running(), 30, "the job to be cancelled")
     wait_until(lambda: broker.client.tunnels() == [], 30, "the tunnel to be deleted")
+
+
+def test_a_job_dying_after_it_ran_fails_the_spawn_quickly(
+    procs: ProcessGroup, broker: BrokerProcess, tmp_path: Path
+) -> None:
+    # batchspawner stops watching a job once it is RUNNING and only waits for the port: a job that
+    # dies then would hang the spawn until start_timeout (120 s here). It must fail in seconds.
+    hub = Hub(procs, tmp_path / "hub", broker, options_environments={"dies": "sleep 1.5; exit 3"})
+    ensure_user("btgrace")
+    hub.api("POST", "/hub/api/users/btgrace")
+    started = time.monotonic()
+    status, _ = hub.api("POST", "/hub/api/users/btgrace/server", {"environment": "dies"})
+    assert status in (201, 202)
+    wait_until(lambda: "ended before its notebook started" in hub.proc.log(), 30,  # type: ignore[union-attr]
+               "the spawn to fail")
+    assert time.monotonic() - started < 30
+    wait_until(lambda: broker.client.tunnels() == [], 10, "the tunnel to be deleted")
