@@ -76,7 +76,6 @@ class Agent:
         self.config = config
         self.session: TunnelSession | None = None
         self.connected = asyncio.Event()
-        self.connections = 0
         self._stopping = False
         self._hub_api_server: asyncio.AbstractServer | None = None
 
@@ -160,7 +159,6 @@ class Agent:
             try:
                 await session.wait_started(self.config.connect_timeout)
                 started = True
-                self.connections += 1
                 self.connected.set()
                 log.info("connected to %s", _safe_url(self.config.url))
             except (asyncio.TimeoutError, asyncio.CancelledError):

@@ -108,12 +108,11 @@ class TunnelSession:
         self._close_sent = False
         self._last_heard = self._loop.time()
         self._ping_ids = itertools.count()
-        self._ping_sent: dict[bytes, float] = {}
+        self._ping: tuple[bytes, float] | None = None  # the outstanding heartbeat: payload, time sent
         self.closed: SessionClosed | None = None
         self.rtt: float | None = None
         self.bytes_in = 0
         self.bytes_out = 0
-        self.streams_opened = 0
         self.streams_accepted = 0  # opened by the peer
 
     # ------------------------------------------------------------ lifecycle
@@ -188,7 +187,6 @@ class TunnelSession:
             log.warning("session %s: cannot open a stream to port %d: %s", self.name, port, exc)
             return None
         self._bridges[sid] = bridge
-        self.streams_opened += 1
         self._kick()
         return sid
 
@@ -261,7 +259,7 @@ class TunnelSession:
             self.link.abort()
             return
         payload = next(self._ping_ids).to_bytes(8, "big")
-        self._ping_sent = {payload: self._loop.time()}
+        self._ping = (payload, self._loop.time())
         self.conn.ping(payload)
         self._kick()
         self._beat = self._loop.call_later(self._interval, self._heartbeat)
@@ -293,9 +291,9 @@ class TunnelSession:
             elif isinstance(event, StreamOpened):
                 self._on_stream_opened(event.stream_id, event.port)
             elif isinstance(event, PingAcknowledged):
-                sent = self._ping_sent.pop(event.payload, None)
-                if sent is not None:
-                    self.rtt = self._loop.time() - sent
+                if self._ping is not None and self._ping[0] == event.payload:
+                    self.rtt = self._loop.time() - self._ping[1]
+                    self._ping = None
             elif isinstance(event, SessionStarted):
                 if not self._started.done():
                     self._started.set_result(None)

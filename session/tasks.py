@@ -37,9 +37,6 @@ class TaskOwner:
         if not task.cancelled() and task.exception() is not None:
             log.error("task %s failed", task.get_name(), exc_info=task.exception())
 
-    def __len__(self) -> int:
-        return len(self._tasks)
-
     async def aclose(self) -> None:
         """Cancel every task and wait for all of them to finish."""
         self._closed = True

@@ -161,21 +161,22 @@ class BrokerTunnelMixin(ResourceOptionsMixin, ConnectToJobMixin):
                 if done:
                     return starting.result()
                 if self._submitted_job and await self._job_gone():
-                    starting.cancel()
-                    await asyncio.gather(starting, return_exceptions=True)
-                    raise RuntimeError("disappeared")
-        except RuntimeError as exc:
-            job = self._submitted_job
-            if not job or "disappeared" not in str(exc):
+                    break
+        except RuntimeError as exc:  # batchspawner's own "job has disappeared"
+            if not self._submitted_job or "disappeared" not in str(exc):
                 raise
-            reason = await self.job_end_reason(job)
-            await self.delete_tunnel()
-            raise RuntimeError(f"Batch job {job} ended before its notebook started: "
-                               f"{reason or 'the batch system gave no reason'}") from None
         finally:
             if not starting.done():
                 starting.cancel()
                 await asyncio.gather(starting, return_exceptions=True)
+        raise await self._ended_early(self._submitted_job)
+
+    async def _ended_early(self, job: str) -> RuntimeError:
+        """The spawn's error for a job that ended before its notebook started; deletes the tunnel."""
+        reason = await self.job_end_reason(job)
+        await self.delete_tunnel()
+        return RuntimeError(f"Batch job {job} ended before its notebook started: "
+                            f"{reason or 'the batch system gave no reason'}")
 
     async def _job_gone(self) -> bool:
         """True once the submitted job is neither pending nor running (nor unknown to a busy scheduler)."""

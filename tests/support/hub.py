@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .processes import BIN, Proc, ProcessGroup, free_port, port_open, wait_until
+from .processes import BIN, Proc, ProcessGroup, free_port, wait_until
 from .tunnel import ADMIN_TOKEN, BrokerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -179,7 +179,3 @@ class Hub:
             except OSError:
                 pass
         return running
-
-
-def open_port(port: int) -> bool:
-    return port_open(port)

@@ -25,10 +25,6 @@ def block(seed: int) -> bytes:
     return bytes(out[: 1024 * 1024])
 
 
-def source_bytes(n: int, seed: int) -> tuple[bytes, int]:
-    return block(seed), n
-
-
 async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         line = (await reader.readline()).decode().split()

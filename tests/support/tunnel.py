@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,7 +115,3 @@ def target_server(procs: ProcessGroup, name: str = "target") -> tuple[Proc, int]
 
     wait_until(lambda: port_open(port), 10, "the target server to listen")
     return proc, port
-
-
-def env_without_secrets() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("BATCHTUNNEL_")}
