@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
+import re
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -14,6 +16,7 @@ from .. import __version__
 from ..session import (
     SERVICE_HUB_API,
     HandshakeRejected,
+    PeerRejected,
     RefusingProtocol,
     StreamBridge,
     TunnelSession,
@@ -25,6 +28,20 @@ from ..wire import ConfigurationError, Connection, ErrorCode, Settings, Side
 log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
+FINGERPRINT_RE = re.compile(r"^sha256:((?:[0-9A-Fa-f]{2}:?){32})$")
+
+
+def parse_fingerprint(text: str) -> bytes:
+    """``sha256:AB:CD:…`` (colons optional, any case; as ``batchtunnel certs show`` prints it) -> digest."""
+    match = FINGERPRINT_RE.match(text.strip())
+    if match is None or match.group(1).endswith(":"):
+        raise ConfigurationError(f"--fingerprint must read sha256: and 32 hex bytes, as `batchtunnel certs "
+                                 f"show` prints them, not {text!r}")
+    return bytes.fromhex(match.group(1).replace(":", ""))
+
+
+def format_fingerprint(digest: bytes) -> str:
+    return "sha256:" + ":".join(f"{b:02X}" for b in digest)
 
 
 @dataclass
@@ -36,6 +53,7 @@ class AgentConfig:
     cafile: str | None = None
     cadata: str | None = None  # PEM text of the CA (BATCHTUNNEL_CA_PEM), instead of a file
     insecure: bool = False
+    fingerprints: list[str] = field(default_factory=list)  # pinned broker certificates
     allow_ports: list[int] = field(default_factory=list)
     heartbeat_interval: float = 5.0
     heartbeat_timeout: float = 15.0
@@ -51,6 +69,10 @@ class AgentConfig:
             raise ConfigurationError(f"--url must start with wss:// (or ws:// with --insecure), not {self.url!r}")
         if scheme == "ws" and not self.insecure:
             raise ConfigurationError("--url is plain ws://: TLS is required unless --insecure is given")
+        if scheme == "ws" and self.fingerprints:
+            raise ConfigurationError("--fingerprint pins a TLS certificate: it needs a wss:// --url")
+        for text in self.fingerprints:
+            parse_fingerprint(text)
         if not self.token:
             raise ConfigurationError("no tunnel token: set BATCHTUNNEL_TOKEN or --token-file")
         if self.backoff_initial <= 0 or self.backoff_max < self.backoff_initial:
@@ -78,6 +100,8 @@ class Agent:
         self.connected = asyncio.Event()
         self._stopping = False
         self._hub_api_server: asyncio.AbstractServer | None = None
+        self._pins = {parse_fingerprint(text) for text in config.fingerprints}
+        self._retry_after = 0.0  # what the broker last asked for with Retry-After
 
     async def listen_hub_api(self) -> int:
         """Single-outbound-port mode: accept on a free 127.0.0.1 port; each connection goes to the hub's
@@ -98,24 +122,43 @@ class Agent:
     def _ssl(self) -> ssl.SSLContext | None:
         if urlsplit(self.config.url).scheme != "wss":
             return None
-        ctx = ssl.create_default_context(cafile=self.config.cafile, cadata=self.config.cadata)
+        if self._pins and not (self.config.cafile or self.config.cadata):
+            # Pinned only: the certificate's fingerprint is the whole check (_verify_pin), not a CA.
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        else:
+            ctx = ssl.create_default_context(cafile=self.config.cafile, cadata=self.config.cadata)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         return ctx
+
+    def _verify_pin(self, transport: asyncio.BaseTransport) -> str | None:
+        """With --fingerprint: the broker's certificate must be one of the pinned ones. Runs after the
+        TLS handshake and before the upgrade request, which carries the token, is sent."""
+        if not self._pins:
+            return None
+        ssl_object = transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        if not der:
+            return "the broker presented no certificate"
+        digest = hashlib.sha256(der).digest()
+        if digest in self._pins:
+            return None
+        return f"the broker's certificate {format_fingerprint(digest)} matches no --fingerprint"
 
     async def run(self) -> None:
         """Connect, serve, reconnect with backoff and jitter; returns only after ``stop()``."""
         rng = random.Random()
         delays = backoff_delays(self.config.backoff_initial, self.config.backoff_max, rng)
         ssl_context = self._ssl()
-        if ssl_context is None:
-            log.warning("connecting over plain ws:// (--insecure): the token travels unencrypted")
         while not self._stopping:
+            self._retry_after = 0.0
             served = await self._connect_once(ssl_context)
             if self._stopping:
                 return
             if served:
                 delays = backoff_delays(self.config.backoff_initial, self.config.backoff_max, rng)
-            delay = next(delays)
+            delay = max(next(delays), self._retry_after)
             log.info("reconnecting in %.1f s", delay)
             await asyncio.sleep(delay)
 
@@ -124,10 +167,12 @@ class Agent:
         url = urlsplit(self.config.url)
         host = url.hostname or ""
         port = url.port or (443 if url.scheme == "wss" else 80)
+        if ssl_context is None:  # at every connect, so the log shows it wherever one reads it
+            log.warning("connecting over plain ws:// (--insecure): the token travels unencrypted")
         link = WebSocketLink.client(self.config.url, {
             "Authorization": f"Bearer {self.config.token}",
             "User-Agent": f"batchtunnel-agent/{__version__}",
-        })
+        }, self._verify_pin)
         session = TunnelSession(
             Connection(Side.AGENT, self.config.wire), link, name="agent", accept=self._accept,
             heartbeat_interval=self.config.heartbeat_interval, heartbeat_timeout=self.config.heartbeat_timeout,
@@ -142,11 +187,18 @@ class Agent:
             await link.wait_handshake(self.config.connect_timeout)
         except HandshakeRejected as exc:
             link.abort()
+            self._retry_after = exc.retry_after or 0.0
             if exc.status in (401, 403):
                 log.error("the broker refused this agent's credential (HTTP %d: %s): check the tunnel token; "
                           "was the tunnel deleted?", exc.status, exc)
+            elif exc.retry_after:
+                log.warning("the broker answered HTTP %d (%s); it asks to retry in %.0f s",
+                            exc.status, exc, exc.retry_after)
             else:
                 log.warning("the broker answered HTTP %d: %s", exc.status, exc)
+            return False
+        except PeerRejected as exc:
+            log.error("not sending the token to %s: %s", _safe_url(self.config.url), exc)
             return False
         except (OSError, asyncio.TimeoutError) as exc:
             link.abort()

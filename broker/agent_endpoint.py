@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 
 from websockets.http11 import Request
 
-from ..session import SERVICE_HUB_API, StreamBridge, TaskOwner, TunnelSession, WebSocketLink, serve_local
+from ..session import SERVICE_HUB_API, Refusal, StreamBridge, TaskOwner, TunnelSession, WebSocketLink, serve_local
 from ..wire import AuthenticationError, Connection, ErrorCode, Settings, Side
+from ..wire.exceptions import describe_code
+from .admission import Admission
 from .registry import Registry, Tunnel
 
 log = logging.getLogger(__name__)
 
 AGENT_PATH = "/agent"
+CROWD_LOG_INTERVAL = 10.0
+"""Seconds between two log lines about connections refused by the unauthenticated-connection cap."""
 
 
 class AgentEndpoint:
@@ -27,6 +32,9 @@ class AgentEndpoint:
         heartbeat_interval, heartbeat_timeout: see :class:`TunnelSession`.
         hub_api: where streams the agent opens for the hub-API service go (single-outbound-port
             mode); None refuses every agent-opened stream.
+        admission: the unauthenticated-connection cap and the per-address authentication back-off.
+        trusted_proxies: addresses of TLS-terminating reverse proxies in front of the endpoint; for a
+            connection from one of them, the agent's address is the last X-Forwarded-For entry.
     """
 
     def __init__(
@@ -37,8 +45,13 @@ class AgentEndpoint:
         heartbeat_interval: float,
         heartbeat_timeout: float,
         hub_api: tuple[str, int] | None = None,
+        admission: Admission | None = None,
+        trusted_proxies: frozenset[str] = frozenset(),
     ) -> None:
         self.registry = registry
+        self.admission = admission or Admission()
+        self.trusted_proxies = trusted_proxies
+        self._crowd_logged = -math.inf
         self.hub_api = hub_api
         self.settings = settings
         self.handshake_timeout = handshake_timeout
@@ -49,20 +62,63 @@ class AgentEndpoint:
 
     def protocol(self) -> WebSocketLink:
         """Protocol factory for ``loop.create_server``."""
-        return WebSocketLink.server(self._on_request, self.handshake_timeout)
+        return WebSocketLink.server(self._on_request, self.handshake_timeout, self)
 
-    def _on_request(self, link: WebSocketLink, request: Request) -> tuple[int, str] | None:
-        """Decide on an upgrade request: None accepts it, ``(status, text)`` refuses it."""
+    # -- Gate: the unauthenticated-connection cap
+
+    def admit(self, link: WebSocketLink) -> Refusal | None:
+        if self.admission.open():
+            return None
+        now = time.monotonic()
+        if now - self._crowd_logged >= CROWD_LOG_INTERVAL:
+            self._crowd_logged = now
+            log.warning("connection from %s refused: %d connections are already waiting to authenticate "
+                        "(--max-unauthenticated); %d refused so far", link.peer, self.admission.max_pending,
+                        self.admission.refused_pending_total)
+        return Refusal(503, "too many connections waiting to authenticate; retry later\n",
+                       (("Retry-After", "5"),))
+
+    def release(self, link: WebSocketLink) -> None:
+        self.admission.done()
+
+    # -- the upgrade request
+
+    def client_address(self, link: WebSocketLink, request: Request) -> str:
+        """The agent's address: the TCP peer, or what a trusted reverse proxy says it forwarded."""
+        if link.peer_host in self.trusted_proxies:
+            forwarded = request.headers.get("X-Forwarded-For", "")
+            last = forwarded.rsplit(",", 1)[-1].strip()
+            if last:
+                return last
+        return link.peer_host
+
+    def _on_request(self, link: WebSocketLink, request: Request) -> Refusal | None:
+        """Decide on an upgrade request: None accepts it, a Refusal answers it."""
         if request.path.split("?", 1)[0] != AGENT_PATH:
-            return 404, f"agents connect to {AGENT_PATH}\n"
+            return Refusal(404, f"agents connect to {AGENT_PATH}\n")
+        address = self.client_address(link, request)
+        if address != link.peer_host:
+            link.peer = f"{address} (via {link.peer})"
+        now = time.monotonic()
+        wait = self.admission.blocked_for(address, now)
+        if wait > 0:
+            log.debug("agent from %s refused: blocked after failed authentications (%.0f s left)", link.peer, wait)
+            return Refusal(429, "too many failed authentications from this address; retry later\n",
+                           (("Retry-After", str(math.ceil(wait))),))
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         try:
             if scheme.lower() != "bearer":
                 raise AuthenticationError("no bearer credential presented")
             tunnel = self.registry.authenticate(token.strip())
         except AuthenticationError as exc:
-            log.warning("agent from %s refused: %s", link.peer, exc)
-            return 401, f"{exc}\n"
+            block = self.admission.failed(address, now)
+            if block:
+                log.warning("agent from %s refused: %s; %s is refused for %.0f s after repeated failures",
+                            link.peer, exc, address, block)
+            else:
+                log.warning("agent from %s refused: %s", link.peer, exc)
+            return Refusal(401, f"{exc}\n")
+        self.admission.succeeded(address)
         session = TunnelSession(
             Connection(Side.BROKER, self.settings), link, name=tunnel.id, accept=self._accept_service,
             on_started=lambda: self._started(tunnel, session, link.peer),
@@ -74,13 +130,18 @@ class AgentEndpoint:
     async def _serve(self, tunnel: Tunnel, session: TunnelSession, peer: str) -> None:
         """Run one agent's session (one task per agent: the heartbeat and HELLO deadline are timers)."""
         self.sessions.add(session)
-        deadline = asyncio.get_running_loop().call_later(
-            self.handshake_timeout, self._hello_overdue, tunnel, session, peer)
+        loop = asyncio.get_running_loop()
+        deadline = loop.call_later(self.handshake_timeout, self._hello_overdue, tunnel, session, peer)
+        expiry = None
+        if tunnel.expires is not None:
+            expiry = loop.call_later(max(0.0, tunnel.expires - time.time()), self._expired, tunnel, session)
         try:
             closed = await session.run()
             log.debug("tunnel %s: session from %s ended: %s", tunnel.id, peer, closed)
         finally:
             deadline.cancel()
+            if expiry is not None:
+                expiry.cancel()
             self.sessions.discard(session)
             if tunnel.session is session:
                 tunnel.session = None
@@ -88,8 +149,16 @@ class AgentEndpoint:
                 log.info("tunnel %s: agent from %s disconnected", tunnel.id, peer)
 
     async def _accept_service(self, session: TunnelSession, bridge: StreamBridge) -> None:
-        """A stream the agent opened: only the hub-API service, only where --hub-api says."""
+        """A stream the agent opened: only the hub-API service, only where --hub-api says, and only
+        while this session still holds its tunnel (checked for every stream)."""
         assert bridge.stream_id is not None
+        tunnel = self.registry.tunnels.get(session.name)
+        refusal = ErrorCode.TUNNEL_DELETED if tunnel is None else tunnel.refusal(session, time.time())
+        if refusal is not None:
+            log.warning("tunnel %s: stream from the agent refused: %s", session.name, describe_code(refusal))
+            session.reset(bridge.stream_id, ErrorCode.REFUSED_STREAM)
+            session.close(refusal, "this session no longer holds the tunnel")
+            return
         if bridge.port != SERVICE_HUB_API or self.hub_api is None:
             log.warning("tunnel %s: agent opened a stream to service %d: refused (%s)", session.name,
                         bridge.port, "unknown service" if self.hub_api else "no --hub-api configured")
@@ -102,6 +171,10 @@ class AgentEndpoint:
             log.warning("agent from %s for tunnel %s: no HELLO within %.0f s", peer, tunnel.id,
                         self.handshake_timeout)
             session.close(ErrorCode.PROTOCOL_ERROR, "no HELLO in time")
+
+    def _expired(self, tunnel: Tunnel, session: TunnelSession) -> None:
+        log.warning("tunnel %s: credential expired; agent disconnected", tunnel.id)
+        session.close(ErrorCode.CREDENTIAL_EXPIRED, "the tunnel's credential expired")
 
     def _started(self, tunnel: Tunnel, session: TunnelSession, peer: str) -> None:
         if tunnel.id in self.registry.tunnels:

@@ -2,7 +2,7 @@
 
     GET    /health                               no auth: liveness and counts
     GET    /metrics                              no auth: Prometheus text format
-    POST   /api/tunnels            {"name"}      201 {"id", "name", "token", ...}; token shown once
+    POST   /api/tunnels    {"name", "expires_in"}  201 {"id", "name", "token", ...}; token shown once
     GET    /api/tunnels                          200 {"tunnels": [...]}
     GET    /api/tunnels/{id}                     200 tunnel
     DELETE /api/tunnels/{id}                     204
@@ -95,7 +95,10 @@ class Api:
         name = body.get("name", "")
         if not isinstance(name, str):
             return _error(400, "name must be a string")
-        tunnel, token = self.registry.create(name)
+        expires_in = body.get("expires_in")
+        if expires_in is not None and (isinstance(expires_in, bool) or not isinstance(expires_in, (int, float))):
+            return _error(400, "expires_in must be a number of seconds")
+        tunnel, token = self.registry.create(name, expires_in)
         return web.json_response({**tunnel.as_json(), "token": token}, status=201)
 
     async def list(self, request: web.Request) -> web.Response:

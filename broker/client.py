@@ -47,8 +47,12 @@ class BrokerClient:
             raise ApiError(0, f"cannot reach the broker API at {self.api_url}: {reason}") from None
         return json.loads(raw) if raw else None
 
-    def create_tunnel(self, name: str = "") -> dict[str, Any]:
-        result: dict[str, Any] = self.request("POST", "/api/tunnels", {"name": name})
+    def create_tunnel(self, name: str = "", expires_in: float | None = None) -> dict[str, Any]:
+        """A new tunnel; its ``token`` is in this answer only. ``expires_in``: seconds the token lives."""
+        body: dict[str, Any] = {"name": name}
+        if expires_in is not None:
+            body["expires_in"] = expires_in
+        result: dict[str, Any] = self.request("POST", "/api/tunnels", body)
         return result
 
     def tunnel(self, tunnel_id: str) -> dict[str, Any]:

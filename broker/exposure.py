@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from ..session import RefusingProtocol, StreamBridge
+from ..wire.exceptions import describe_code
 
 if TYPE_CHECKING:
     from .registry import Tunnel
@@ -43,6 +45,12 @@ class Exposure:
         if session is None or not session.started or session.closed is not None:
             log.info("tunnel %s: connection to %s:%d refused: no agent connected",
                      self.tunnel.id, self.host, self.port)
+            return RefusingProtocol()
+        refusal = self.tunnel.refusal(session, time.time())  # checked for every stream
+        if refusal is not None:
+            log.warning("tunnel %s: connection to %s:%d refused: %s", self.tunnel.id, self.host, self.port,
+                        describe_code(refusal))
+            session.close(refusal, "this session no longer holds the tunnel")
             return RefusingProtocol()
         return StreamBridge(session, None, self.rport)
 

@@ -18,6 +18,8 @@ from .store import Store, TunnelRecord
 log = logging.getLogger(__name__)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.@+-]{0,100}$")
+MAX_LIFETIME = 366 * 24 * 3600.0
+"""The longest expiry a tunnel may be given, seconds."""
 
 
 class RegistryError(Exception):
@@ -36,12 +38,27 @@ class Tunnel:
     name: str
     token_hash: str
     created: float
+    expires: float | None = None
     session: TunnelSession | None = None
     agent_address: str | None = None
     connected_since: float | None = None
     disconnected_since: float | None = None
     exposures: dict[tuple[str, int], Exposure] = field(default_factory=dict)
     connections_total: int = 0
+    deleted: bool = False
+
+    def refusal(self, session: TunnelSession, now: float) -> ErrorCode | None:
+        """Why ``session`` may no longer carry a new stream of this tunnel (None: it may).
+
+        Checked for every stream, not only when the agent authenticated: a tunnel deleted, an agent
+        replaced or a credential expired since then ends the session's right to streams."""
+        if self.deleted:
+            return ErrorCode.TUNNEL_DELETED
+        if self.session is not session:
+            return ErrorCode.REPLACED
+        if self.expires is not None and now >= self.expires:
+            return ErrorCode.CREDENTIAL_EXPIRED
+        return None
 
     @property
     def agent_connected(self) -> bool:
@@ -54,6 +71,7 @@ class Tunnel:
             "id": self.id,
             "name": self.name,
             "created": self.created,
+            "expires": self.expires,
             "agent": {
                 "connected": session is not None,
                 "address": self.agent_address if session is not None else None,
@@ -76,17 +94,22 @@ class Registry:
         self.tunnels: dict[str, Tunnel] = {}
         for record in store.tunnels():
             self.tunnels[record.id] = Tunnel(record.id, record.name, record.token_hash, record.created,
-                                             disconnected_since=time.time())
+                                             record.expires, disconnected_since=time.time())
 
-    def create(self, name: str) -> tuple[Tunnel, str]:
-        """Create a tunnel. Returns it and its agent token, which is never available again."""
+    def create(self, name: str, expires_in: float | None = None) -> tuple[Tunnel, str]:
+        """Create a tunnel. Returns it and its agent token, which is never available again.
+
+        ``expires_in``: seconds after which the token is refused and the agent disconnected."""
         if not NAME_RE.match(name):
             raise RegistryError(400, "name: up to 100 characters from A-Z a-z 0-9 _ . @ + -")
+        if expires_in is not None and not 0 < expires_in <= MAX_LIFETIME:
+            raise RegistryError(400, f"expires_in: seconds, more than 0 and at most {MAX_LIFETIME:.0f}")
         tunnel_id = "t" + secrets.token_hex(8)
         token, token_hash = tokens.new_token(tunnel_id)
         now = time.time()
-        tunnel = Tunnel(tunnel_id, name, token_hash, now, disconnected_since=now)
-        self.store.add_tunnel(TunnelRecord(tunnel_id, name, token_hash, now))
+        expires = now + expires_in if expires_in is not None else None
+        tunnel = Tunnel(tunnel_id, name, token_hash, now, expires, disconnected_since=now)
+        self.store.add_tunnel(TunnelRecord(tunnel_id, name, token_hash, now, expires))
         self.tunnels[tunnel_id] = tunnel
         log.info("tunnel %s created (name %r)", tunnel_id, name)
         return tunnel, token
@@ -113,10 +136,13 @@ class Registry:
         ok = tokens.matches(parts[1], tunnel.token_hash if tunnel else "0" * 64)
         if tunnel is None or not ok:
             raise AuthenticationError("unknown tunnel or wrong credential")
+        if tunnel.expires is not None and time.time() >= tunnel.expires:
+            raise AuthenticationError(f"the credential of tunnel {tunnel.id} expired")
         return tunnel
 
     async def delete(self, tunnel_id: str) -> None:
         tunnel = self.get(tunnel_id)
+        tunnel.deleted = True
         del self.tunnels[tunnel_id]
         self.store.delete_tunnel(tunnel_id)
         for exposure in list(tunnel.exposures.values()):

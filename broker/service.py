@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from ..wire import ConfigurationError, Settings
+from .admission import Admission
 from .agent_endpoint import AgentEndpoint
 from .api import Api
 from .exposure import Exposure
@@ -17,6 +18,8 @@ from .registry import Registry
 from .store import Store
 
 log = logging.getLogger(__name__)
+
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
 
 @dataclass
@@ -37,7 +40,16 @@ class BrokerConfig:
     heartbeat_interval: float = 5.0
     heartbeat_timeout: float = 15.0
     hub_api: tuple[str, int] | None = None
+    max_unauthenticated: int = 256
+    auth_failure_limit: int = 10
+    auth_block_max: float = 60.0
+    trusted_proxies: list[str] = field(default_factory=list)
     wire: Settings = field(default_factory=Settings)
+
+    @property
+    def behind_proxy(self) -> bool:
+        """Plain WebSocket on loopback, TLS terminated by a trusted reverse proxy on this host."""
+        return bool(self.trusted_proxies) and not self.cert and self.listen_host in LOOPBACK_HOSTS
 
     def check(self) -> None:
         """Raises ConfigurationError naming the option to fix."""
@@ -45,11 +57,15 @@ class BrokerConfig:
             raise ConfigurationError("the admin token must be at least 16 characters")
         if bool(self.cert) != bool(self.key):
             raise ConfigurationError("give both --cert and --key, or neither")
-        if not self.cert and not self.insecure:
+        if not self.cert and not self.insecure and not self.behind_proxy:
             raise ConfigurationError(
-                "TLS is on by default: give --cert and --key (see `batchtunnel certs init`), "
-                "or --insecure to accept agents over plain ws:// (testing only)"
+                "TLS is on by default: give --cert and --key (see `batchtunnel certs init`); behind a "
+                "TLS-terminating reverse proxy, --listen on loopback with --trusted-proxy; or --insecure "
+                "to accept agents over plain ws:// (testing only)"
             )
+        if self.max_unauthenticated < 1 or self.auth_failure_limit < 1 or self.auth_block_max <= 0:
+            raise ConfigurationError("--max-unauthenticated and --auth-failure-limit must be at least 1, "
+                                     "--auth-block-max more than 0")
         if self.heartbeat_timeout <= self.heartbeat_interval:
             raise ConfigurationError("--heartbeat-timeout must be longer than --heartbeat-interval")
 
@@ -65,6 +81,8 @@ class Broker:
         self.endpoint = AgentEndpoint(
             self.registry, config.wire, config.handshake_timeout,
             config.heartbeat_interval, config.heartbeat_timeout, config.hub_api,
+            Admission(config.max_unauthenticated, config.auth_failure_limit, config.auth_block_max),
+            frozenset(config.trusted_proxies),
         )
         self.api = Api(self.registry, config.admin_token, config.expose_hosts, self.metrics_text)
         self._runners: list[web.AppRunner] = []
@@ -80,6 +98,9 @@ class Broker:
             ssl_context.load_cert_chain(self.config.cert, self.config.key)
             # Agents never resume TLS sessions: tickets would only cost a little CPU and memory per agent.
             ssl_context.num_tickets = 0
+        elif self.config.behind_proxy:
+            log.info("plain WebSocket on %s: TLS is terminated by the reverse proxy (%s)",
+                     self.config.listen_host, ", ".join(self.config.trusted_proxies))
         else:
             log.warning("agents connect over plain ws:// (--insecure): tokens travel unencrypted")
         loop = asyncio.get_running_loop()
@@ -133,6 +154,7 @@ class Broker:
     def metrics_text(self) -> str:
         tunnels = list(self.registry.tunnels.values())
         sessions = [t.session for t in tunnels if t.session is not None and t.agent_connected]
+        admission = self.endpoint.admission
         lines = [
             "# HELP batchtunnel_tunnels Tunnels known to the broker.",
             "# TYPE batchtunnel_tunnels gauge",
@@ -150,5 +172,15 @@ class Broker:
             "# TYPE batchtunnel_agent_bytes_total counter",
             f'batchtunnel_agent_bytes_total{{direction="in"}} {sum(s.bytes_in for s in sessions)}',
             f'batchtunnel_agent_bytes_total{{direction="out"}} {sum(s.bytes_out for s in sessions)}',
+            "# HELP batchtunnel_agent_sessions Agent sessions open, authenticated, in the handshake or ending.",
+            "# TYPE batchtunnel_agent_sessions gauge",
+            f"batchtunnel_agent_sessions {len(self.endpoint.sessions)}",
+            "# HELP batchtunnel_unauthenticated_connections Connections waiting to authenticate.",
+            "# TYPE batchtunnel_unauthenticated_connections gauge",
+            f"batchtunnel_unauthenticated_connections {admission.pending}",
+            "# HELP batchtunnel_refused_total Agent connections refused before authentication, by cause.",
+            "# TYPE batchtunnel_refused_total counter",
+            f'batchtunnel_refused_total{{cause="crowd"}} {admission.refused_pending_total}',
+            f'batchtunnel_refused_total{{cause="blocked"}} {admission.refused_blocked_total}',
         ]
         return "\n".join(lines) + "\n"

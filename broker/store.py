@@ -17,7 +17,8 @@ CREATE TABLE IF NOT EXISTS tunnels (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
     token_hash TEXT NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    expires REAL
 );
 CREATE TABLE IF NOT EXISTS exposures (
     tunnel_id TEXT NOT NULL REFERENCES tunnels(id) ON DELETE CASCADE,
@@ -35,6 +36,7 @@ class TunnelRecord:
     name: str
     token_hash: str
     created: float
+    expires: float | None = None
 
 
 @dataclass(frozen=True)
@@ -59,14 +61,17 @@ class Store:
         self._db.execute("PRAGMA foreign_keys = ON")
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(tunnels)")}
+        if "expires" not in columns:  # a database written before tunnels could expire
+            self._db.execute("ALTER TABLE tunnels ADD COLUMN expires REAL")
 
     def close(self) -> None:
         self._db.close()
 
     def add_tunnel(self, record: TunnelRecord) -> None:
         self._db.execute(
-            "INSERT INTO tunnels (id, name, token_hash, created) VALUES (?, ?, ?, ?)",
-            (record.id, record.name, record.token_hash, record.created),
+            "INSERT INTO tunnels (id, name, token_hash, created, expires) VALUES (?, ?, ?, ?, ?)",
+            (record.id, record.name, record.token_hash, record.created, record.expires),
         )
 
     def delete_tunnel(self, tunnel_id: str) -> None:
@@ -82,7 +87,7 @@ class Store:
         self._db.execute("DELETE FROM exposures WHERE host = ? AND port = ?", (host, port))
 
     def tunnels(self) -> list[TunnelRecord]:
-        rows = self._db.execute("SELECT id, name, token_hash, created FROM tunnels ORDER BY created")
+        rows = self._db.execute("SELECT id, name, token_hash, created, expires FROM tunnels ORDER BY created")
         return [TunnelRecord(*row) for row in rows]
 
     def exposures(self) -> list[ExposureRecord]:

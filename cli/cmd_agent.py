@@ -34,6 +34,9 @@ OPTIONS = [
     Option("token-file", "file holding this tunnel's token (alternative to BATCHTUNNEL_TOKEN)", metavar="FILE"),
     Option("cafile", "PEM CA bundle to verify the broker's certificate (default: system CAs)", metavar="FILE"),
     Option("insecure", "allow a plain ws:// URL (testing only)", flag=True),
+    Option("fingerprint", "pin the broker's certificate: sha256:AB:CD:... as `batchtunnel certs show` prints "
+           "it for broker.pem (repeatable, e.g. old and new during a renewal); without --cafile the pin "
+           "replaces CA verification", str, [], multiple=True, metavar="SHA256"),
     Option("allow-port", "node port the broker may reach (repeatable); none given: any loopback port",
            port_number, [], multiple=True, metavar="PORT"),
     Option("heartbeat-interval", "seconds between heartbeat PINGs", positive, 5.0),
@@ -66,7 +69,7 @@ def run(values: dict[str, Any], args: argparse.Namespace) -> int:
     os.environ.pop("BATCHTUNNEL_TOKEN", None)  # the wrapped command does not need it
     config = AgentConfig(
         url=values["url"], token=token, cafile=values["cafile"], cadata=os.environ.get("BATCHTUNNEL_CA_PEM"),
-        insecure=bool(values["insecure"]),
+        insecure=bool(values["insecure"]), fingerprints=values["fingerprint"],
         allow_ports=values["allow_port"], heartbeat_interval=values["heartbeat_interval"],
         heartbeat_timeout=values["heartbeat_timeout"], connect_timeout=values["connect_timeout"],
         backoff_initial=values["backoff_initial"], backoff_max=values["backoff_max"],

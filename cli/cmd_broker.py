@@ -47,6 +47,14 @@ OPTIONS = [
     Option("initial-window", "per-stream flow-control window at stream start, bytes", int, 256 * 1024),
     Option("max-window", "largest a stream's window may grow to, bytes", int, 16 * 1024 * 1024),
     Option("max-streams", "streams an agent may open towards the broker at once", int, 1024),
+    Option("max-unauthenticated", "connections that may wait at once between TLS and authentication; more "
+           "are answered 503", int, 256),
+    Option("auth-failure-limit", "failed authentications in a row after which an address is refused (429) "
+           "for a while, doubling from 1 s", int, 10),
+    Option("auth-block-max", "the longest such refusal, seconds", positive, 60.0),
+    Option("trusted-proxy", "address of a TLS-terminating reverse proxy in front of the agent endpoint "
+           "(repeatable): its X-Forwarded-For names the agent; with --listen on loopback and no --cert, "
+           "the endpoint speaks plain WebSocket to it", str, [], multiple=True, metavar="ADDR"),
     Option("event-loop", "auto (uvloop if installed), uvloop or asyncio", str, "auto"),
 ]
 
@@ -79,7 +87,11 @@ def run(values: dict[str, Any], args: argparse.Namespace) -> int:
         handshake_timeout=values["handshake_timeout"],
         heartbeat_interval=values["heartbeat_interval"], heartbeat_timeout=values["heartbeat_timeout"],
         hub_api=values["hub_api"], wire=wire,
+        max_unauthenticated=values["max_unauthenticated"], auth_failure_limit=values["auth_failure_limit"],
+        auth_block_max=values["auth_block_max"], trusted_proxies=values["trusted_proxy"],
     )
+
+    raise_open_files_limit()
 
     async def main(stop: asyncio.Event) -> int:
         broker = Broker(config)
@@ -95,3 +107,18 @@ def run(values: dict[str, Any], args: argparse.Namespace) -> int:
         return 0
 
     return run_loop(main, values["event_loop"])
+
+
+def raise_open_files_limit() -> None:
+    """Every agent and every hub-side connection holds a descriptor: take the hard limit, not the
+    soft 1024 most systems start with."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-files limit from %d to %d: %s", soft, hard, exc)

@@ -17,8 +17,9 @@ DESCRIPTION = """\
   batchtunnel certs renew --dir DIR --hostname ...      new broker certificate, same CA
 
 Files in DIR: ca.pem, ca-key.pem, broker.pem, broker-key.pem (keys 0600).
-Give agents ca.pem (--cafile). ECDSA P-256; the CA lasts 10 years, the
-broker certificate 397 days.
+Give agents ca.pem (--cafile), or pin the broker certificate's fingerprint
+(--fingerprint). ECDSA P-256; the CA lasts 10 years, the broker certificate
+397 days.
 """
 
 OPTIONS = [
@@ -57,12 +58,15 @@ def run(values: dict[str, Any], args: argparse.Namespace) -> int:
             ca.write_pem(paths["broker-key.pem"], ca.key_pem(key), True, force)
             ca.write_pem(paths["broker.pem"], ca.cert_pem(cert), False, force)
             print(f"CA fingerprint: {ca.fingerprint(ca_cert)}")
+            print(f"broker certificate fingerprint (for agents' --fingerprint): {ca.fingerprint(cert)}")
         elif args.action == "renew":
             ca_cert, ca_key = ca.load_cert(paths["ca.pem"]), ca.load_key(paths["ca-key.pem"])
             cert, key = ca.issue_server(ca_cert, ca_key, values["hostname"], values["ip"], values["days"])
             ca.write_pem(paths["broker-key.pem"], ca.key_pem(key), True, True)
             ca.write_pem(paths["broker.pem"], ca.cert_pem(cert), False, True)
             print(f"broker certificate renewed, valid until {cert.not_valid_after_utc:%Y-%m-%d}")
+            print(f"new broker certificate fingerprint: {ca.fingerprint(cert)} (agents pinning the old one "
+                  "need this one once the broker restarts)")
         else:
             for name in ("ca.pem", "broker.pem"):
                 cert = ca.load_cert(paths[name])

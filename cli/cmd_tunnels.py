@@ -14,7 +14,8 @@ from .wire import ConfigurationError
 NAME = "tunnels"
 HELP = "create, list, show or delete tunnels at the broker"
 DESCRIPTION = """\
-  batchtunnel tunnels create [--name NAME] --token-out FILE   prints the id; token to FILE (0600)
+  batchtunnel tunnels create [--name NAME] [--expires-in SECONDS] --token-out FILE
+                                      prints the id; token to FILE (0600)
   batchtunnel tunnels list
   batchtunnel tunnels show ID
   batchtunnel tunnels delete ID
@@ -30,6 +31,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("id", nargs="?", help="tunnel id (show, delete)")
     parser.add_argument("--name", default="", help="create: a label for the tunnel (e.g. the user)")
     parser.add_argument("--token-out", metavar="FILE", help="create: file to write the new token to (0600)")
+    parser.add_argument("--expires-in", type=float, metavar="SECONDS",
+                        help="create: the token is refused, and its agent disconnected, after this many seconds")
 
 
 def run(values: dict[str, Any], args: argparse.Namespace) -> int:
@@ -44,7 +47,7 @@ def run(values: dict[str, Any], args: argparse.Namespace) -> int:
             fd = os.open(args.token_out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:
                 try:
-                    tunnel = api.create_tunnel(args.name)
+                    tunnel = api.create_tunnel(args.name, args.expires_in)
                 except ApiError:
                     os.unlink(args.token_out)
                     raise

@@ -9,9 +9,9 @@ The broker and the agent differ only in who opens streams.
 from .bridge import SERVICE_HUB_API, RefusingProtocol, StreamBridge
 from .session import SessionClosed, TunnelSession, serve_local
 from .tasks import TaskOwner
-from .websocket import HandshakeRejected, WebSocketLink
+from .websocket import HandshakeRejected, PeerRejected, Refusal, WebSocketLink
 
 __all__ = [
-    "SERVICE_HUB_API", "HandshakeRejected", "RefusingProtocol", "SessionClosed", "StreamBridge", "TaskOwner",
-    "TunnelSession", "WebSocketLink", "serve_local",
+    "SERVICE_HUB_API", "HandshakeRejected", "PeerRejected", "Refusal", "RefusingProtocol", "SessionClosed",
+    "StreamBridge", "TaskOwner", "TunnelSession", "WebSocketLink", "serve_local",
 ]

@@ -16,8 +16,8 @@ Client (agent)::
 
 Server (broker)::
 
-    loop.create_server(lambda: WebSocketLink.server(on_request, timeout), host, port, ssl=ctx)
-    # on_request(link, request) -> None to accept (after setting link.receiver), or (status, text)
+    loop.create_server(lambda: WebSocketLink.server(on_request, timeout, gate), host, port, ssl=ctx)
+    # on_request(link, request) -> None to accept (after setting link.receiver), or a Refusal
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import asyncio
 import enum
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol, cast
 
 from websockets.client import ClientProtocol
@@ -48,11 +49,36 @@ WRITE_HIGH = 512 * 1024
 
 
 class HandshakeRejected(Exception):
-    """The server answered the upgrade with another status than 101. ``status`` says which."""
+    """The server answered the upgrade with another status than 101. ``status`` says which;
+    ``retry_after`` is its Retry-After header in seconds, if it sent one."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.retry_after = retry_after
+
+
+class PeerRejected(Exception):
+    """The client refused the server after the TLS handshake (``verify_peer``): nothing was sent."""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A server's answer refusing an upgrade: an HTTP status, a one-line text, extra headers."""
+
+    status: int
+    text: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+class Gate(Protocol):
+    """Counts server connections that have not finished their upgrade (an admission limit)."""
+
+    def admit(self, link: WebSocketLink) -> Refusal | None:
+        """A connection is open (TLS done): None lets it in, a Refusal answers it and closes it."""
+
+    def release(self, link: WebSocketLink) -> None:
+        """An admitted connection finished its upgrade, or went away during it."""
 
 
 class Receiver(Protocol):
@@ -65,7 +91,9 @@ class Receiver(Protocol):
     def link_lost(self) -> None: ...
 
 
-OnRequest = Callable[["WebSocketLink", Request], "tuple[int, str] | None"]
+OnRequest = Callable[["WebSocketLink", Request], "Refusal | None"]
+VerifyPeer = Callable[[asyncio.BaseTransport], "str | None"]
+"""Client: checks the server once TLS is up, before anything is sent; returns why it is refused."""
 
 
 class Phase(enum.Enum):
@@ -79,10 +107,12 @@ class WebSocketLink(asyncio.Protocol):
     """A WebSocket connection whose binary messages go to ``receiver``."""
 
     def __init__(self, ws: WsProtocol, on_request: OnRequest | None = None,
-                 handshake_timeout: float | None = None) -> None:
+                 handshake_timeout: float | None = None, gate: Gate | None = None,
+                 verify_peer: VerifyPeer | None = None) -> None:
         self._ws: WsProtocol | None = ws  # only the opening handshake needs it; dropped once open
         self.receiver: Receiver | None = None
         self.peer = "?"
+        self.peer_host = "?"
         self.phase = Phase.HANDSHAKE
         self.close_code: int | None = None
         self._client = isinstance(ws, ClientProtocol)
@@ -97,11 +127,14 @@ class WebSocketLink(asyncio.Protocol):
         self._lost = False
         self._timer: asyncio.TimerHandle | None = None
         self._request: Request | None = None
+        self._gate = gate
+        self._admitted = False
+        self._verify_peer = verify_peer
 
     @classmethod
-    def client(cls, url: str, headers: dict[str, str]) -> WebSocketLink:
+    def client(cls, url: str, headers: dict[str, str], verify_peer: VerifyPeer | None = None) -> WebSocketLink:
         ws = ClientProtocol(parse_uri(url), max_size=MAX_MESSAGE_IN)
-        link = cls(ws)
+        link = cls(ws, verify_peer=verify_peer)
         request = ws.connect()
         for name, value in headers.items():
             if name in request.headers:
@@ -111,8 +144,8 @@ class WebSocketLink(asyncio.Protocol):
         return link
 
     @classmethod
-    def server(cls, on_request: OnRequest, handshake_timeout: float) -> WebSocketLink:
-        return cls(ServerProtocol(max_size=MAX_MESSAGE_IN), on_request, handshake_timeout)
+    def server(cls, on_request: OnRequest, handshake_timeout: float, gate: Gate | None = None) -> WebSocketLink:
+        return cls(ServerProtocol(max_size=MAX_MESSAGE_IN), on_request, handshake_timeout, gate)
 
     # -- what a session uses
 
@@ -148,12 +181,25 @@ class WebSocketLink(asyncio.Protocol):
         self._transport.set_write_buffer_limits(high=WRITE_HIGH)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.peer_host = str(peer[0]) if peer else "?"
         if self._client:
             ws = self._ws
             assert isinstance(ws, ClientProtocol) and self._request is not None
+            problem = self._verify_peer(transport) if self._verify_peer is not None else None
+            if problem is not None:  # before the request: its headers carry the credential
+                self._handshake.set_exception(PeerRejected(problem))
+                self.abort()
+                return
             ws.send_request(self._request)
             self._flush_ws()
-        elif self._handshake_timeout is not None:
+            return
+        if self._gate is not None:
+            refusal = self._gate.admit(self)
+            if refusal is not None:
+                self._refuse(refusal)
+                return
+            self._admitted = True
+        if self._handshake_timeout is not None:
             # Slowloris guard: the upgrade must complete in time (the session adds its own HELLO timeout).
             self._timer = asyncio.get_running_loop().call_later(self._handshake_timeout, self._handshake_expired)
 
@@ -171,6 +217,7 @@ class WebSocketLink(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.phase = Phase.CLOSED
+        self._release()
         if self._timer is not None:
             self._timer.cancel()
         if not self._handshake.done():
@@ -233,15 +280,29 @@ class WebSocketLink(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._release()
         refusal = self._on_request(self, request)
-        response = ws.accept(request) if refusal is None else ws.reject(*refusal)
-        ws.send_response(response)
-        if response.status_code == 101:
+        if refusal is None:
+            ws.send_response(ws.accept(request))
             self.phase = Phase.OPEN
         else:
-            self._flush_ws()
-            assert self._transport is not None
-            self._transport.close()  # after the refusal is written
+            self._refuse(refusal)
+
+    def _refuse(self, refusal: Refusal) -> None:
+        """Server: answer with ``refusal`` and close once it is written."""
+        ws = self._ws
+        assert isinstance(ws, ServerProtocol) and self._transport is not None
+        response = ws.reject(refusal.status, refusal.text)
+        for name, value in refusal.headers:
+            response.headers[name] = value
+        ws.send_response(response)
+        self._flush_ws()
+        self._transport.close()
+
+    def _release(self) -> None:
+        if self._admitted and self._gate is not None:
+            self._admitted = False
+            self._gate.release(self)
 
     def _on_upgrade_response(self, response: Response) -> None:
         if self._handshake.done() or self._ws is None:
@@ -252,7 +313,9 @@ class WebSocketLink(asyncio.Protocol):
             self._request = None
         else:
             body = (response.body or b"").decode("utf-8", "replace").strip()[:200]
-            self._handshake.set_exception(HandshakeRejected(response.status_code, body))
+            retry = response.headers.get("Retry-After", "")
+            retry_after = float(retry) if retry.isdigit() else None
+            self._handshake.set_exception(HandshakeRejected(response.status_code, body, retry_after))
 
     def _flush_ws(self) -> None:
         if self._transport is None or self._ws is None:

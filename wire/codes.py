@@ -41,3 +41,5 @@ class ErrorCode(enum.IntEnum):
     """The sender is stopping (broker or agent shutdown)."""
     TUNNEL_DELETED = 14
     """The tunnel was deleted at the broker."""
+    CREDENTIAL_EXPIRED = 15
+    """The tunnel's credential expired."""
