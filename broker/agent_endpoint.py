@@ -84,11 +84,13 @@ class AgentEndpoint:
     # -- the upgrade request
 
     def client_address(self, link: WebSocketLink, request: Request) -> str:
-        """The agent's address: the TCP peer, or what a trusted reverse proxy says it forwarded."""
+        """The agent's address: the TCP peer, or what a trusted reverse proxy says it forwarded (then
+        ``link.peer`` names both, for the logs)."""
         if link.peer_host in self.trusted_proxies:
             forwarded = request.headers.get("X-Forwarded-For", "")
             last = forwarded.rsplit(",", 1)[-1].strip()
             if last:
+                link.peer = f"{last} (via {link.peer})"
                 return last
         return link.peer_host
 
@@ -97,8 +99,6 @@ class AgentEndpoint:
         if request.path.split("?", 1)[0] != AGENT_PATH:
             return Refusal(404, f"agents connect to {AGENT_PATH}\n")
         address = self.client_address(link, request)
-        if address != link.peer_host:
-            link.peer = f"{address} (via {link.peer})"
         now = time.monotonic()
         wait = self.admission.blocked_for(address, now)
         if wait > 0:

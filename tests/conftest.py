@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.processes import ProcessGroup
-from tests.support.tunnel import Pki, make_pki
+from tests.support.tunnel import BrokerProcess, Pki, make_pki
 
 
 @pytest.fixture(scope="session")
@@ -23,6 +23,12 @@ def procs(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ProcessGro
     yield group
     group.stop_all()
     _report(request, group)
+
+
+@pytest.fixture
+def broker(procs: ProcessGroup, pki: Pki, tmp_path: Path) -> BrokerProcess:
+    """A broker of one test: TLS, free loopback ports, its own SQLite file."""
+    return BrokerProcess(procs, pki, tmp_path)
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,8 @@ from pathlib import Path
 import pytest
 from batchtunnel.broker.client import ApiError, BrokerClient
 
-from tests.support.processes import ProcessGroup, free_port
-from tests.support.tunnel import BrokerProcess, Pki
-
-
-@pytest.fixture
-def broker(procs: ProcessGroup, pki: Pki, tmp_path: Path) -> BrokerProcess:
-    return BrokerProcess(procs, pki, tmp_path)
+from tests.support.processes import free_port
+from tests.support.tunnel import BrokerProcess
 
 
 def raw(broker: BrokerProcess, method: str, path: str, body: bytes | None) -> tuple[int, dict[str, object]]:

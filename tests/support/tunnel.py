@@ -49,13 +49,14 @@ class BrokerProcess:
     """``batchtunnel broker`` on free loopback ports with TLS and an SQLite file."""
 
     def __init__(self, procs: ProcessGroup, pki: Pki, workdir: Path, *extra: str,
-                 listen_host: str = "127.0.0.1", public_host: str = "localhost") -> None:
+                 listen_host: str = "127.0.0.1", public_host: str = "localhost", plain: bool = False) -> None:
         self.procs = procs
         self.listen_host = listen_host
         self.public_host = public_host
         self.pki = pki
         self.workdir = workdir
         self.extra = list(extra)
+        self.plain = plain  # no TLS of its own (behind a TLS-terminating proxy, or --insecure)
         self.agent_port = free_port()
         self.api_port = free_port()
         self.database = str(workdir / "broker.sqlite")
@@ -70,14 +71,15 @@ class BrokerProcess:
 
     @property
     def agent_url(self) -> str:
-        return f"wss://{self.public_host}:{self.agent_port}/agent"
+        return f"{'ws' if self.plain else 'wss'}://{self.public_host}:{self.agent_port}/agent"
 
     def start(self) -> None:
         self.starts += 1
         self.proc = self.procs.start(
             f"broker-{self.starts}",
             [str(BIN / "batchtunnel"), "broker", "--listen", f"{self.listen_host}:{self.agent_port}",
-             "--api-listen", f"127.0.0.1:{self.api_port}", "--cert", self.pki.cert, "--key", self.pki.key,
+             "--api-listen", f"127.0.0.1:{self.api_port}",
+             *([] if self.plain else ["--cert", self.pki.cert, "--key", self.pki.key]),
              "--database", self.database, *self.extra],
             env={"BATCHTUNNEL_ADMIN_TOKEN": ADMIN_TOKEN},
         )
@@ -89,6 +91,22 @@ class BrokerProcess:
 
     def tunnel(self, tunnel_id: str) -> dict[str, Any]:
         return self.client.tunnel(tunnel_id)
+
+    def metrics(self) -> dict[str, float]:
+        """/metrics as ``{'name{labels}': value}``."""
+        with urllib.request.urlopen(self.api_url + "/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines() if line and not line.startswith("#")}
+
+    def rss_kib(self) -> int:
+        assert self.proc is not None
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+
+    def fd_count(self) -> int:
+        assert self.proc is not None
+        return len(list(Path(f"/proc/{self.proc.pid}/fd").iterdir()))
 
     def agent_connected(self, tunnel_id: str) -> bool:
         return bool(self.tunnel(tunnel_id)["agent"]["connected"])

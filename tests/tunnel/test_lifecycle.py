@@ -17,11 +17,6 @@ from tests.support.tunnel import ADMIN_TOKEN, BrokerProcess, Pki, target_server
 from . import client
 
 
-@pytest.fixture
-def broker(procs: ProcessGroup, pki: Pki, tmp_path: Path) -> BrokerProcess:
-    return BrokerProcess(procs, pki, tmp_path)
-
-
 async def test_wrong_token_is_refused(broker: BrokerProcess, procs: ProcessGroup) -> None:
     tunnel = broker.client.create_tunnel("victim")
     agent = broker.start_agent(tunnel["id"] + ".not-the-secret", "bad-agent", wait=False)

@@ -1,0 +1,165 @@
+"""A hostile agent: a real TLS WebSocket to the broker that sends whatever bytes a test chooses.
+
+The honest parts (the upgrade, HELLO) come from websockets and our own wire Connection; everything
+after that is built frame by frame, so a test can break the protocol exactly where it wants.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl
+import struct
+from dataclasses import dataclass
+
+from batchtunnel.wire import Connection, Side
+from batchtunnel.wire.frames import HEADER, FrameType, decode_goaway, encode_open, encode_u32, header
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+
+@dataclass
+class Frame:
+    type: int
+    flags: int
+    stream_id: int
+    payload: bytes
+
+
+def frame(type_: FrameType, stream_id: int, payload: bytes = b"", flags: int = 0) -> bytes:
+    return header(type_, flags, stream_id, len(payload)) + payload
+
+
+def open_frame(stream_id: int, port: int) -> bytes:
+    return frame(FrameType.OPEN, stream_id, encode_open(port))
+
+
+def data_frame(stream_id: int, payload: bytes, fin: bool = False) -> bytes:
+    return frame(FrameType.DATA, stream_id, payload, 1 if fin else 0)
+
+
+def ping_frame(payload: bytes = b"12345678") -> bytes:
+    return frame(FrameType.PING, 0, payload)
+
+
+def parse(data: bytearray) -> list[Frame]:
+    """Take the whole frames off the front of ``data`` (a frame may span WebSocket messages)."""
+    frames, offset = [], 0
+    while offset + HEADER.size <= len(data):
+        type_, flags, sid, length = HEADER.unpack_from(data, offset)
+        if offset + HEADER.size + length > len(data):
+            break
+        start = offset + HEADER.size
+        frames.append(Frame(type_, flags, sid, bytes(data[start:start + length])))
+        offset = start + length
+    del data[:offset]
+    return frames
+
+
+class Refused(Exception):
+    def __init__(self, status: int, body: str, retry_after: str | None) -> None:
+        super().__init__(f"HTTP {status}: {body}")
+        self.status = status
+        self.body = body
+        self.retry_after = retry_after
+
+
+class HostileAgent:
+    """``async with HostileAgent.connect(url, token, ca) as agent: ...``"""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self._pending = bytearray()
+        self._frames: collections.deque[Frame] = collections.deque()
+
+    @classmethod
+    async def open(cls, url: str, token: str | None, cafile: str, source: str = "127.0.0.1",
+                   hello: bool = True, headers: dict[str, str] | None = None) -> HostileAgent:
+        """Upgrade (with ``token`` if given) from ``source``, then exchange HELLOs unless told not to.
+
+        Raises:
+            Refused: the broker answered the upgrade with another status than 101.
+        """
+        ctx = ssl.create_default_context(cafile=cafile)
+        headers = dict(headers or {})
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        try:
+            ws = await connect(url, ssl=ctx, additional_headers=headers, max_size=None, compression=None,
+                               ping_interval=None, local_addr=(source, 0), open_timeout=10)
+        except InvalidStatus as exc:
+            response = exc.response
+            raise Refused(response.status_code, (response.body or b"").decode().strip(),
+                          response.headers.get("Retry-After")) from None
+        agent = cls(ws)
+        if hello:
+            await ws.send(Connection(Side.AGENT).data_to_send())
+            frames = await agent.frames_until(lambda f: f.type == FrameType.HELLO)
+            assert frames[-1].type == FrameType.HELLO
+        return agent
+
+    async def send(self, data: bytes) -> None:
+        await self.ws.send(data)
+
+    async def frames_until(self, done, timeout: float = 10.0) -> list[Frame]:  # type: ignore[no-untyped-def]
+        """Read frames until ``done(frame)``; PINGs are answered as a healthy agent would."""
+        seen: list[Frame] = []
+
+        async def read() -> list[Frame]:
+            while True:
+                while self._frames:
+                    f = self._frames.popleft()
+                    seen.append(f)
+                    if f.type == FrameType.PING and not f.flags:
+                        await self.ws.send(frame(FrameType.PING, 0, f.payload, flags=1))
+                    if done(f):
+                        return seen
+                message = await self.ws.recv()
+                assert isinstance(message, bytes)
+                self._pending += message
+                self._frames.extend(parse(self._pending))
+
+        return await asyncio.wait_for(read(), timeout)
+
+    async def closed_with(self, timeout: float = 10.0) -> tuple[int | None, int | None]:
+        """Wait for the broker to end the session. Returns (GOAWAY code, WebSocket close code)."""
+        goaway: int | None = None
+
+        async def drain() -> None:
+            nonlocal goaway
+            try:
+                while True:
+                    for f in self._frames:
+                        if f.type == FrameType.GOAWAY:
+                            goaway = decode_goaway(f.payload)[1]
+                    self._frames.clear()
+                    message = await self.ws.recv()
+                    assert isinstance(message, bytes)
+                    self._pending += message
+                    self._frames.extend(parse(self._pending))
+            except ConnectionClosed:
+                for f in self._frames:
+                    if f.type == FrameType.GOAWAY:
+                        goaway = decode_goaway(f.payload)[1]
+
+        await asyncio.wait_for(drain(), timeout)
+        rcvd = self.ws.close_code
+        return goaway, rcvd
+
+    async def alive(self) -> bool:
+        """The session still answers a PING."""
+        await self.ws.send(ping_frame(b"alive?!!"))
+        frames = await self.frames_until(lambda f: f.type == FrameType.PING and f.flags == 1
+                                         and f.payload == b"alive?!!")
+        return bool(frames)
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+
+def reset_code(f: Frame) -> int:
+    return int(struct.unpack("!I", f.payload)[0])
+
+
+def window_update(stream_id: int, increment: int) -> bytes:
+    return frame(FrameType.WINDOW_UPDATE, stream_id, encode_u32(increment))

@@ -1,0 +1,256 @@
+"""Hostile input against a live broker while a healthy agent moves data (issue #3's suite).
+
+For each attack: the offender gets the documented answer (HTTP status, or GOAWAY code and WebSocket
+close code 4000 + code), the healthy tunnel's downloads keep completing with sha256 equality, and the
+broker returns to its baseline (no connection waiting, no stray session or stream, no extra fd).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import ssl
+
+import pytest
+from batchtunnel.wire import ErrorCode
+from batchtunnel.wire.frames import FrameType, header
+
+from .conftest import (
+    AUTH_FAILURE_LIMIT,
+    HANDSHAKE_TIMEOUT,
+    MAX_UNAUTHENTICATED,
+    Arena,
+    back_to_baseline,
+    eventually,
+    healthy_traffic,
+)
+from .hostile import Frame, HostileAgent, Refused, data_frame, open_frame, reset_code
+
+MAX_FRAME = 256 * 1024
+INITIAL_WINDOW = 256 * 1024
+
+
+def hostile_secret(arena: Arena) -> str:
+    return arena.hostile_token.partition(".")[2]
+
+
+# ---------------------------------------------------------------- credentials
+
+
+@pytest.mark.parametrize("case", ["no token", "not a bearer token", "wrong secret", "another tunnel's secret",
+                                  "deleted tunnel's token", "malformed token"])
+async def test_a_bad_credential_gets_401_and_nothing_else(arena: Arena, case: str) -> None:
+    source = f"127.0.0.{10 + ['no', 'not', 'wrong', 'another', 'deleted', 'malformed'].index(case.split()[0])}"
+    if case == "deleted tunnel's token":
+        doomed = arena.broker.client.create_tunnel("doomed")
+        arena.broker.client.delete_tunnel(doomed["id"])
+        token: str | None = doomed["token"]
+    else:
+        token = {
+            "no token": None,
+            "not a bearer token": None,
+            "wrong secret": arena.healthy_id + ".AAAAwrongsecretAAAA",
+            "another tunnel's secret": arena.healthy_id + "." + hostile_secret(arena),
+            "malformed token": "x" * 300,
+        }[case]
+    async with healthy_traffic(arena):
+        with pytest.raises(Refused) as refused:
+            if case == "not a bearer token":
+                await HostileAgent.open(arena.url, None, arena.ca, source,
+                                        headers={"Authorization": "Basic " + arena.hostile_token})
+            else:
+                await HostileAgent.open(arena.url, token, arena.ca, source)
+    assert refused.value.status == 401
+    assert arena.healthy_id not in refused.value.body or case == "deleted tunnel's token"
+    await back_to_baseline(arena)
+
+
+# ---------------------------------------------------------------- broken protocol from an authenticated agent
+
+
+async def broker_opened_stream(arena: Arena, agent: HostileAgent) -> tuple[int, asyncio.StreamWriter]:
+    """Connect to the hostile tunnel's hub-side port: the broker opens a stream to the hostile agent."""
+    _, writer = await asyncio.open_connection("127.0.0.1", arena.hostile_port)
+    frames = await agent.frames_until(lambda f: f.type == FrameType.OPEN)
+    return frames[-1].stream_id, writer
+
+
+@pytest.mark.parametrize("case, code", [
+    ("random bytes", ErrorCode.PROTOCOL_ERROR),
+    ("oversized frame", ErrorCode.FRAME_TOO_LARGE),
+    ("data on a stream never opened", ErrorCode.PROTOCOL_ERROR),
+    ("open with the broker's stream ids", ErrorCode.PROTOCOL_ERROR),
+    ("window overflow", ErrorCode.FLOW_CONTROL_ERROR),
+])
+async def test_a_protocol_violation_ends_only_the_offenders_session(arena: Arena, case: str, code: int) -> None:
+    async with healthy_traffic(arena):
+        agent = await HostileAgent.open(arena.url, arena.hostile_token, arena.ca)
+        writer = None
+        if case == "random bytes":
+            await agent.send(b"\xff" + os.urandom(4096))
+        elif case == "oversized frame":
+            await agent.send(header(FrameType.DATA, 0, 2, 4 * MAX_FRAME) + b"x" * 1000)
+        elif case == "data on a stream never opened":
+            await agent.send(data_frame(1001, b"hello"))
+        elif case == "open with the broker's stream ids":
+            await agent.send(open_frame(3, 1))
+        else:
+            stream, writer = await broker_opened_stream(arena, agent)
+            # Two full frames in one message: nothing can be acknowledged in between.
+            await agent.send(data_frame(stream, b"a" * MAX_FRAME) + data_frame(stream, b"b" * MAX_FRAME))
+        goaway, close_code = await agent.closed_with()
+        if writer is not None:
+            writer.close()
+    assert (goaway, close_code) == (code, 4000 + code)
+    await back_to_baseline(arena)
+    assert await arena_is_usable(arena)
+
+
+async def test_data_after_end_of_stream_resets_that_stream_only(arena: Arena) -> None:
+    async with healthy_traffic(arena):
+        agent = await HostileAgent.open(arena.url, arena.hostile_token, arena.ca)
+        stream, writer = await broker_opened_stream(arena, agent)
+        await agent.send(data_frame(stream, b"the end", fin=True) + data_frame(stream, b"and more"))
+        frames = await agent.frames_until(lambda f: f.type == FrameType.RESET and f.stream_id == stream)
+        assert reset_code(frames[-1]) == ErrorCode.STREAM_CLOSED
+        assert await agent.alive()  # a stream error, not a connection error
+        writer.close()
+        await agent.close()
+    await back_to_baseline(arena)
+
+
+async def test_a_flood_of_stream_opens_is_refused_stream_by_stream(arena: Arena) -> None:
+    count = 2000
+    async with healthy_traffic(arena):
+        agent = await HostileAgent.open(arena.url, arena.hostile_token, arena.ca)
+        # Agent-opened streams name a service; this broker has no --hub-api, and past --max-streams the
+        # wire refuses them by itself. Either way each OPEN gets RESET REFUSED_STREAM.
+        await agent.send(b"".join(open_frame(2 * i, 1) for i in range(1, count + 1)))
+        resets: list[Frame] = []
+
+        def all_reset(f: Frame) -> bool:
+            if f.type == FrameType.RESET:
+                resets.append(f)
+            return len(resets) == count
+
+        await agent.frames_until(all_reset, 30)
+        assert sorted(f.stream_id for f in resets) == [2 * i for i in range(1, count + 1)]
+        assert {reset_code(f) for f in resets} == {ErrorCode.REFUSED_STREAM}
+        assert await agent.alive()
+        await agent.close()
+    await back_to_baseline(arena)
+
+
+# ---------------------------------------------------------------- before authentication
+
+
+async def test_a_slowloris_handshake_is_dropped(arena: Arena) -> None:
+    ctx = ssl.create_default_context(cafile=arena.ca)
+    async with healthy_traffic(arena):
+        reader, writer = await asyncio.open_connection("127.0.0.1", arena.broker.agent_port, ssl=ctx,
+                                                       server_hostname="localhost")
+        writer.write(b"GET /agent HTTP/1.1\r\nHost: localhost\r\n")
+        dropped = asyncio.ensure_future(reader.read())
+        sent = 0
+        while not dropped.done() and sent < 100:  # one byte every 0.2 s: never a whole head
+            writer.write(b"X")
+            sent += 1
+            await asyncio.wait([dropped], timeout=0.2)
+        assert dropped.done(), f"still connected after {sent} slow bytes ({sent * 0.2:.0f} s)"
+        assert await dropped == b""
+        writer.close()
+    await back_to_baseline(arena)
+
+
+async def test_thousands_of_half_open_connections_are_shed(arena: Arena) -> None:
+    count = 2000
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 3 * count)), hard))
+    held: list[asyncio.StreamWriter] = []
+    readers: list[asyncio.StreamReader] = []
+    async with healthy_traffic(arena):
+        for _ in range(count):  # TCP only: no TLS ClientHello ever comes
+            reader, writer = await asyncio.open_connection("127.0.0.1", arena.broker.agent_port)
+            held.append(writer)
+            readers.append(reader)
+
+        async def dropped(reader: asyncio.StreamReader) -> bool:
+            try:
+                return await reader.read() == b""
+            except ConnectionResetError:
+                return True
+
+        results = await asyncio.wait_for(asyncio.gather(*(dropped(r) for r in readers)), 10 * HANDSHAKE_TIMEOUT)
+        assert all(results)
+    for writer in held:
+        writer.close()
+    await back_to_baseline(arena)
+
+
+async def test_the_unauthenticated_connection_cap_answers_503(arena: Arena) -> None:
+    ctx = ssl.create_default_context(cafile=arena.ca)
+    held = []
+    async with healthy_traffic(arena):
+        for _ in range(MAX_UNAUTHENTICATED):  # TLS done, then silence: each waits to authenticate
+            held.append(await asyncio.open_connection("127.0.0.1", arena.broker.agent_port, ssl=ctx,
+                                                      server_hostname="localhost"))
+        await eventually(lambda: arena.broker.metrics()["batchtunnel_unauthenticated_connections"]
+                         == MAX_UNAUTHENTICATED, 10, "every held connection to count as waiting")
+        with pytest.raises(Refused) as refused:
+            await HostileAgent.open(arena.url, arena.hostile_token, arena.ca, "127.0.0.30")
+        assert refused.value.status == 503 and refused.value.retry_after == "5"
+        assert arena.broker.metrics()['batchtunnel_refused_total{cause="crowd"}'] >= 1
+        for _, writer in held:
+            writer.close()
+        await eventually(lambda: arena.broker.metrics()["batchtunnel_unauthenticated_connections"] == 0,
+                         10, "the held connections to be released")
+        agent = await HostileAgent.open(arena.url, arena.hostile_token, arena.ca, "127.0.0.30")
+        assert await agent.alive()
+        await agent.close()
+    await back_to_baseline(arena)
+
+
+async def test_repeated_failures_from_one_address_are_blocked_with_retry_after(arena: Arena) -> None:
+    bad = arena.hostile_id + ".not-the-secret"
+    async with healthy_traffic(arena):
+        for _ in range(AUTH_FAILURE_LIMIT):
+            with pytest.raises(Refused) as refused:
+                await HostileAgent.open(arena.url, bad, arena.ca, "127.0.0.40")
+            assert refused.value.status == 401
+        # Blocked now: even the right token is not looked at from that address, for a while.
+        with pytest.raises(Refused) as refused:
+            await HostileAgent.open(arena.url, arena.hostile_token, arena.ca, "127.0.0.40")
+        assert refused.value.status == 429 and refused.value.retry_after == "1"
+        assert "too many failed authentications" in refused.value.body
+        # Another address is not affected.
+        other = await HostileAgent.open(arena.url, arena.hostile_token, arena.ca, "127.0.0.41")
+        assert await other.alive()
+        await other.close()
+        # After the block, the right token gets in again (and clears the address's record).
+        agent = await _open_when_unblocked(arena, "127.0.0.40")
+        assert await agent.alive()
+        await agent.close()
+    assert "is refused for 1 s after repeated failures" in arena.broker.proc.log()  # type: ignore[union-attr]
+    await back_to_baseline(arena)
+
+
+async def _open_when_unblocked(arena: Arena, source: str) -> HostileAgent:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while True:
+        try:
+            return await HostileAgent.open(arena.url, arena.hostile_token, arena.ca, source)
+        except Refused as exc:
+            if exc.status != 429 or loop.time() > deadline:
+                raise
+            await asyncio.sleep(float(exc.retry_after or 1))
+
+
+async def arena_is_usable(arena: Arena) -> bool:
+    """The hostile tunnel's credential still works after its session was thrown out."""
+    agent = await HostileAgent.open(arena.url, arena.hostile_token, arena.ca)
+    ok = await agent.alive()
+    await agent.close()
+    await back_to_baseline(arena)
+    return ok
