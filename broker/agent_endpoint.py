@@ -6,6 +6,7 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Callable
 
 from websockets.http11 import Request
 
@@ -18,8 +19,6 @@ from .registry import Registry, Tunnel
 log = logging.getLogger(__name__)
 
 AGENT_PATH = "/agent"
-CROWD_LOG_INTERVAL = 10.0
-"""Seconds between two log lines about connections refused by the unauthenticated-connection cap."""
 
 
 class AgentEndpoint:
@@ -51,7 +50,6 @@ class AgentEndpoint:
         self.registry = registry
         self.admission = admission or Admission()
         self.trusted_proxies = trusted_proxies
-        self._crowd_logged = -math.inf
         self.hub_api = hub_api
         self.settings = settings
         self.handshake_timeout = handshake_timeout
@@ -60,26 +58,9 @@ class AgentEndpoint:
         self.sessions: set[TunnelSession] = set()
         self._tasks = TaskOwner("agent endpoint")
 
-    def protocol(self) -> WebSocketLink:
-        """Protocol factory for ``loop.create_server``."""
-        return WebSocketLink.server(self._on_request, self.handshake_timeout, self)
-
-    # -- Gate: the unauthenticated-connection cap
-
-    def admit(self, link: WebSocketLink) -> Refusal | None:
-        if self.admission.open():
-            return None
-        now = time.monotonic()
-        if now - self._crowd_logged >= CROWD_LOG_INTERVAL:
-            self._crowd_logged = now
-            log.warning("connection from %s refused: %d connections are already waiting to authenticate "
-                        "(--max-unauthenticated); %d refused so far", link.peer, self.admission.max_pending,
-                        self.admission.refused_pending_total)
-        return Refusal(503, "too many connections waiting to authenticate; retry later\n",
-                       (("Retry-After", "5"),))
-
-    def release(self, link: WebSocketLink) -> None:
-        self.admission.done()
+    def new_link(self, on_handshake_end: Callable[[], None]) -> WebSocketLink:
+        """The WebSocket side of one accepted connection (see ``acceptor.Acceptors``)."""
+        return WebSocketLink.server(self._on_request, self.handshake_timeout, on_handshake_end)
 
     # -- the upgrade request
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import ssl
 from dataclasses import dataclass, field
@@ -10,6 +9,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from ..wire import ConfigurationError, Settings
+from .acceptor import AgentListener
 from .admission import Admission
 from .agent_endpoint import AgentEndpoint
 from .api import Api
@@ -86,7 +86,7 @@ class Broker:
         )
         self.api = Api(self.registry, config.admin_token, config.expose_hosts, self.metrics_text)
         self._runners: list[web.AppRunner] = []
-        self._agent_server: asyncio.Server | None = None
+        self._listener: AgentListener | None = None
         self.agent_port = 0
         self.api_port = 0
 
@@ -103,13 +103,11 @@ class Broker:
                      self.config.listen_host, ", ".join(self.config.trusted_proxies))
         else:
             log.warning("agents connect over plain ws:// (--insecure): tokens travel unencrypted")
-        loop = asyncio.get_running_loop()
-        self._agent_server = await loop.create_server(
-            self.endpoint.protocol, self.config.listen_host, self.config.listen_port, ssl=ssl_context,
-            ssl_handshake_timeout=self.config.handshake_timeout if ssl_context else None,
-            reuse_address=True, backlog=1024,
-        )
-        self.agent_port = self._agent_server.sockets[0].getsockname()[1]
+        # The listener counts each connection against --max-unauthenticated before it runs TLS.
+        self._listener = AgentListener(self.endpoint.new_link, self.endpoint.admission, ssl_context,
+                                       self.config.handshake_timeout)
+        self._listener.open(self.config.listen_host, self.config.listen_port)
+        self.agent_port = self._listener.port
         self.api_port = await self._serve(self.api.app(), self.config.api_host, self.config.api_port, None)
         await self._restore_exposures()
         scheme = "wss" if ssl_context else "ws"
@@ -140,8 +138,8 @@ class Broker:
             tunnel.exposures[(record.host, exposure.port)] = exposure
 
     async def stop(self) -> None:
-        if self._agent_server is not None:
-            self._agent_server.close()  # not wait_closed(): it would wait for every agent (Python 3.12+)
+        if self._listener is not None:
+            await self._listener.close()
         await self.endpoint.close_all()
         for tunnel in self.registry.tunnels.values():
             for exposure in tunnel.exposures.values():

@@ -16,7 +16,7 @@ Client (agent)::
 
 Server (broker)::
 
-    loop.create_server(lambda: WebSocketLink.server(on_request, timeout, gate), host, port, ssl=ctx)
+    loop.create_server(lambda: WebSocketLink.server(on_request, timeout), host, port, ssl=ctx)
     # on_request(link, request) -> None to accept (after setting link.receiver), or a Refusal
 """
 
@@ -48,6 +48,18 @@ WRITE_HIGH = 512 * 1024
 """The socket's write buffer above which the link reports itself not writable."""
 
 
+class _WarningsOnly(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """websockets logs every handshake header at DEBUG, the agent's Authorization header included, and
+    each connection at INFO (ours say more). Its protocol objects get this logger, which passes only
+    warnings and errors whatever the configured level."""
+
+    def isEnabledFor(self, level: int) -> bool:
+        return level >= logging.WARNING and self.logger.isEnabledFor(level)
+
+
+HANDSHAKE_LOG = _WarningsOnly(logging.getLogger(__name__ + ".handshake"), {})
+
+
 class HandshakeRejected(Exception):
     """The server answered the upgrade with another status than 101. ``status`` says which;
     ``retry_after`` is its Retry-After header in seconds, if it sent one."""
@@ -69,16 +81,6 @@ class Refusal:
     status: int
     text: str
     headers: tuple[tuple[str, str], ...] = ()
-
-
-class Gate(Protocol):
-    """Counts server connections that have not finished their upgrade (an admission limit)."""
-
-    def admit(self, link: WebSocketLink) -> Refusal | None:
-        """A connection is open (TLS done): None lets it in, a Refusal answers it and closes it."""
-
-    def release(self, link: WebSocketLink) -> None:
-        """An admitted connection finished its upgrade, or went away during it."""
 
 
 class Receiver(Protocol):
@@ -107,7 +109,7 @@ class WebSocketLink(asyncio.Protocol):
     """A WebSocket connection whose binary messages go to ``receiver``."""
 
     def __init__(self, ws: WsProtocol, on_request: OnRequest | None = None,
-                 handshake_timeout: float | None = None, gate: Gate | None = None,
+                 handshake_timeout: float | None = None, on_handshake_end: Callable[[], None] | None = None,
                  verify_peer: VerifyPeer | None = None) -> None:
         self._ws: WsProtocol | None = ws  # only the opening handshake needs it; dropped once open
         self.receiver: Receiver | None = None
@@ -127,13 +129,12 @@ class WebSocketLink(asyncio.Protocol):
         self._lost = False
         self._timer: asyncio.TimerHandle | None = None
         self._request: Request | None = None
-        self._gate = gate
-        self._admitted = False
+        self._on_handshake_end = on_handshake_end
         self._verify_peer = verify_peer
 
     @classmethod
     def client(cls, url: str, headers: dict[str, str], verify_peer: VerifyPeer | None = None) -> WebSocketLink:
-        ws = ClientProtocol(parse_uri(url), max_size=MAX_MESSAGE_IN)
+        ws = ClientProtocol(parse_uri(url), max_size=MAX_MESSAGE_IN, logger=HANDSHAKE_LOG)
         link = cls(ws, verify_peer=verify_peer)
         request = ws.connect()
         for name, value in headers.items():
@@ -144,10 +145,19 @@ class WebSocketLink(asyncio.Protocol):
         return link
 
     @classmethod
-    def server(cls, on_request: OnRequest, handshake_timeout: float, gate: Gate | None = None) -> WebSocketLink:
-        return cls(ServerProtocol(max_size=MAX_MESSAGE_IN), on_request, handshake_timeout, gate)
+    def server(cls, on_request: OnRequest, handshake_timeout: float,
+               on_handshake_end: Callable[[], None] | None = None) -> WebSocketLink:
+        """``on_handshake_end`` is called once, when the upgrade request is answered or the connection
+        ends before that (the broker counts connections waiting to authenticate with it)."""
+        return cls(ServerProtocol(max_size=MAX_MESSAGE_IN, logger=HANDSHAKE_LOG), on_request, handshake_timeout,
+                   on_handshake_end)
 
     # -- what a session uses
+
+    @property
+    def connected(self) -> bool:
+        """connection_made() was called (for a TLS server: the TLS handshake completed)."""
+        return self._transport is not None
 
     @property
     def writable(self) -> bool:
@@ -193,12 +203,6 @@ class WebSocketLink(asyncio.Protocol):
             ws.send_request(self._request)
             self._flush_ws()
             return
-        if self._gate is not None:
-            refusal = self._gate.admit(self)
-            if refusal is not None:
-                self._refuse(refusal)
-                return
-            self._admitted = True
         if self._handshake_timeout is not None:
             # Slowloris guard: the upgrade must complete in time (the session adds its own HELLO timeout).
             self._timer = asyncio.get_running_loop().call_later(self._handshake_timeout, self._handshake_expired)
@@ -217,7 +221,7 @@ class WebSocketLink(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.phase = Phase.CLOSED
-        self._release()
+        self._end_handshake()
         if self._timer is not None:
             self._timer.cancel()
         if not self._handshake.done():
@@ -280,7 +284,7 @@ class WebSocketLink(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._release()
+        self._end_handshake()
         refusal = self._on_request(self, request)
         if refusal is None:
             ws.send_response(ws.accept(request))
@@ -299,10 +303,10 @@ class WebSocketLink(asyncio.Protocol):
         self._flush_ws()
         self._transport.close()
 
-    def _release(self) -> None:
-        if self._admitted and self._gate is not None:
-            self._admitted = False
-            self._gate.release(self)
+    def _end_handshake(self) -> None:
+        callback, self._on_handshake_end = self._on_handshake_end, None
+        if callback is not None:
+            callback()
 
     def _on_upgrade_response(self, response: Response) -> None:
         if self._handshake.done() or self._ws is None:

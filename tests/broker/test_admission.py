@@ -1,0 +1,42 @@
+"""The admission rules alone (no I/O: the time is passed in)."""
+
+from __future__ import annotations
+
+from batchtunnel.broker.admission import MAX_ADDRESSES, Admission
+
+
+def test_the_pending_cap_admits_up_to_its_limit_and_counts_refusals() -> None:
+    rules = Admission(max_pending=2)
+    assert rules.open() and rules.open()
+    assert not rules.open()
+    assert rules.refused_pending_total == 1
+    rules.done()
+    assert rules.open()
+
+
+def test_failures_block_an_address_doubling_up_to_the_maximum() -> None:
+    rules = Admission(failure_limit=3, max_block=5.0)
+    now = 1000.0
+    assert [rules.failed("10.0.0.1", now) for _ in range(2)] == [0.0, 0.0]
+    assert rules.blocked_for("10.0.0.1", now) == 0.0
+    blocks = [rules.failed("10.0.0.1", now) for _ in range(5)]
+    assert blocks == [1.0, 2.0, 4.0, 5.0, 5.0]
+    assert rules.blocked_for("10.0.0.1", now + 1) == 4.0
+    assert rules.blocked_for("10.0.0.2", now) == 0.0  # another address is not affected
+    assert rules.blocked_for("10.0.0.1", now + 5) == 0.0
+
+
+def test_a_success_clears_an_address_and_old_failures_are_forgotten() -> None:
+    rules = Admission(failure_limit=2, forget_after=60.0)
+    rules.failed("a", 0.0)
+    rules.succeeded("a")
+    assert rules.failed("a", 1.0) == 0.0  # counting starts again
+    assert rules.failed("b", 0.0) == 0.0
+    assert rules.failed("b", 100.0) == 0.0  # the first failure was forgotten: this is the first again
+
+
+def test_the_failure_table_is_bounded() -> None:
+    rules = Admission()
+    for i in range(MAX_ADDRESSES + 100):
+        rules.failed(f"10.{i // 65536}.{i // 256 % 256}.{i % 256}", float(i))
+    assert rules.addresses_blocked == MAX_ADDRESSES
