@@ -47,6 +47,8 @@ OPTIONS = [
     Option("initial-window", "per-stream flow-control window at stream start, bytes", int, 256 * 1024),
     Option("max-window", "largest a stream's window may grow to, bytes", int, 16 * 1024 * 1024),
     Option("max-streams", "streams an agent may open towards the broker at once", int, 1024),
+    Option("session-window", "most bytes the receive windows of one agent's streams may add up to: bounds "
+           "the memory an agent can make the broker hold", int, 64 * 1024 * 1024),
     Option("max-unauthenticated", "connections that may wait at once between TLS and authentication; more "
            "are answered 503", int, 256),
     Option("auth-failure-limit", "failed authentications in a row after which an address is refused (429) "
@@ -76,7 +78,8 @@ def run(values: dict[str, Any], args: argparse.Namespace) -> int:
     api_host, api_port = values["api_listen"]
     try:
         wire = Settings(initial_window=values["initial_window"], max_window=values["max_window"],
-                        max_streams=values["max_streams"], software="batchtunnel-broker")
+                        max_streams=values["max_streams"], session_window=values["session_window"],
+                        software="batchtunnel-broker")
     except ConfigurationError as exc:
         raise ConfigurationError(f"window/stream options: {exc}") from None
     config = BrokerConfig(

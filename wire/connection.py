@@ -90,6 +90,7 @@ class Connection:
         self.negotiated: Negotiated | None = None
         self.error: ProtocolError | None = None
         self._streams: dict[int, _Stream] = {}
+        self._recv_windows = 0  # sum of the live streams' receive window sizes (the session budget)
         self._own_parity = 1 if side is Side.BROKER else 0
         self._next_id = 1 if side is Side.BROKER else 2
         self._last_peer_id = 0
@@ -163,6 +164,8 @@ class Connection:
         assert self.negotiated is not None
         if self._own_opened >= self.negotiated.peer.max_streams:
             raise InvalidState(f"the peer accepts at most {self.negotiated.peer.max_streams} streams")
+        if self._over_budget():
+            raise InvalidState(f"the session's receive windows reach its budget ({self.settings.session_window})")
         sid = self._next_id
         if sid > frames.MAX_STREAM_ID:
             raise InvalidState("stream ids exhausted; open a new session")
@@ -218,7 +221,9 @@ class Connection:
         stream = self._streams.get(stream_id)
         if stream is None or not stream.recv_open or self.state is State.CLOSED:
             return
-        increment = stream.recv.acknowledge(length)
+        before = stream.recv.size
+        increment = stream.recv.acknowledge(length, self.settings.session_window - self._recv_windows)
+        self._recv_windows += stream.recv.size - before
         if increment:
             self._queue(FrameType.WINDOW_UPDATE, 0, stream_id, frames.encode_u32(increment))
 
@@ -333,6 +338,7 @@ class Connection:
         refused = (
             self._goaway_sent_last is not None
             or self._peer_opened >= self.settings.max_streams
+            or self._over_budget()
         )
         if refused:
             self._queue(FrameType.RESET, 0, sid, frames.encode_u32(ErrorCode.REFUSED_STREAM))
@@ -395,7 +401,12 @@ class Connection:
             ReceiveWindow(self.settings.initial_window, self.settings.max_window),
         )
         self._streams[sid] = stream
+        self._recv_windows += stream.recv.size
         return stream
+
+    def _over_budget(self) -> bool:
+        """A new stream's receive window would pass the session's budget."""
+        return self._recv_windows + self.settings.initial_window > self.settings.session_window
 
     def _flush(self, stream: _Stream) -> None:
         """Send as much queued data as the window allows; then FIN if due."""
@@ -442,6 +453,7 @@ class Connection:
 
     def _remove(self, stream: _Stream) -> None:
         del self._streams[stream.id]
+        self._recv_windows -= stream.recv.size
         if stream.id % 2 == self._own_parity:
             self._own_opened -= 1
         else:

@@ -39,6 +39,9 @@ class Settings:
         max_streams: streams the peer may have open towards this side at once.
         features: optional features this side supports.
         software: a free-form product string, for logs.
+        session_window: not announced, local policy: the most the receive windows of all streams
+            of a session may add up to. Window growth stops at it, and a new stream that would pass
+            it is refused; so a session never holds more than this of data the peer sent.
     """
 
     initial_window: int = 256 * 1024
@@ -47,6 +50,7 @@ class Settings:
     max_streams: int = 1024
     features: tuple[str, ...] = field(default=SUPPORTED_FEATURES)
     software: str = "batchtunnel"
+    session_window: int = 64 * 1024 * 1024
 
     def __post_init__(self) -> None:
         _check(self, ConfigurationError)
@@ -70,6 +74,8 @@ def _check(s: Settings, error: type[Exception]) -> None:
         raise error(f"max_frame {s.max_frame} outside [{MIN_FRAME}, {MAX_FRAME}]")
     if not 1 <= s.max_streams <= 2**31 - 1:
         raise error(f"max_streams {s.max_streams} must be positive")
+    if s.session_window < s.initial_window:
+        raise error(f"session_window {s.session_window} is below initial_window {s.initial_window}")
 
 
 def encode_hello(settings: Settings) -> bytes:

@@ -56,8 +56,9 @@ class ReceiveWindow:
             raise FlowControlError(f"{length} bytes of DATA exceed the window's remaining {self.credit}")
         self.credit -= length
 
-    def acknowledge(self, length: int) -> int:
-        """Record ``length`` bytes delivered locally.
+    def acknowledge(self, length: int, headroom: int) -> int:
+        """Record ``length`` bytes delivered locally. The window may grow by ``headroom`` at most
+        (what the session's budget has left).
 
         Returns:
             The increment to send in a WINDOW_UPDATE now, or 0 to wait: updates
@@ -68,8 +69,8 @@ class ReceiveWindow:
         if self.unacked < self.size // 2:
             return 0
         extra = 0
-        if self.consumed >= self.size and self.size < self.max_size:
-            grown = min(self.size * 2, self.max_size)
+        if self.consumed >= self.size and self.size < self.max_size and headroom > 0:
+            grown = min(self.size * 2, self.max_size, self.size + headroom)
             extra = grown - self.size
             self.size = grown
             self.consumed = 0

@@ -291,3 +291,43 @@ def test_stream_flood_is_refused_beyond_limit() -> None:
     assert len(opened) == 3
     assert conn.data_to_send().count(bytes([FrameType.RESET, 0])) == 7
     assert conn.state is State.OPEN
+
+
+def test_the_session_budget_refuses_streams_past_it_and_caps_window_growth() -> None:
+    small = Settings(initial_window=64 * KIB, max_window=1024 * KIB, session_window=256 * KIB)
+    p = Pair(broker=small)
+    # The agent opens streams towards the broker: the fifth would pass the broker's budget.
+    sids = [p.agent.open_stream(1) for _ in range(5)]
+    p.pump()
+    events = p.take("agent")
+    assert StreamReset(sids[4], ErrorCode.REFUSED_STREAM) in events
+    assert [e for e in events if isinstance(e, StreamReset)] == [StreamReset(sids[4], ErrorCode.REFUSED_STREAM)]
+    # The broker cannot open one of its own either: its receive window would pass the budget too.
+    with pytest.raises(InvalidState, match="budget"):
+        p.broker.open_stream(8888)
+    # With the budget full, a bulk stream's window does not grow, however much it consumes.
+    for _ in range(8):
+        p.agent.send_data(sids[0], b"x" * 64 * KIB)
+        p.pump()
+        delivered = sum(len(e.data) for e in p.take("broker") if isinstance(e, DataReceived))
+        p.broker.acknowledge_received(sids[0], delivered)
+        p.pump()
+    assert p.agent.send_credit(sids[0]) <= 64 * KIB
+    # Closing streams frees budget: now the window grows.
+    for sid in sids[1:4]:
+        p.agent.reset_stream(sid)
+    p.pump()
+    for _ in range(8):
+        p.agent.send_data(sids[0], b"x" * 64 * KIB)
+        p.pump()
+        delivered = sum(len(e.data) for e in p.take("broker") if isinstance(e, DataReceived))
+        p.broker.acknowledge_received(sids[0], delivered)
+        p.pump()
+    assert p.agent.send_credit(sids[0]) > 64 * KIB
+
+
+def test_session_window_below_initial_window_is_a_configuration_error() -> None:
+    from batchtunnel.wire import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="session_window"):
+        Settings(initial_window=256 * KIB, session_window=128 * KIB)
