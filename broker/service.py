@@ -108,6 +108,9 @@ class Broker:
                                        self.config.handshake_timeout)
         self._listener.open(self.config.listen_host, self.config.listen_port)
         self.agent_port = self._listener.port
+        if self.config.api_host not in LOOPBACK_HOSTS:
+            log.warning("the admin API listens on %s, not on loopback: anyone who can reach it may try the "
+                        "admin token", self.config.api_host)
         self.api_port = await self._serve(self.api.app(), self.config.api_host, self.config.api_port, None)
         await self._restore_exposures()
         scheme = "wss" if ssl_context else "ws"

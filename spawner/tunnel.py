@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from batchspawner.batchspawner import JobStatus, format_template
-from traitlets import Bool, List, Unicode, default
+from traitlets import Bool, Float, List, Unicode, default
 
 from ..broker.client import ApiError, BrokerClient
 from .connect import ConnectToJobMixin
@@ -53,6 +53,26 @@ class BrokerTunnelMixin(ResourceOptionsMixin, ConnectToJobMixin):
         PEM file of the CA the agent uses to verify the broker (`batchtunnel certs init` writes ca.pem).
         Its content goes to the job as BATCHTUNNEL_CA_PEM, so nodes need no copy of the file.
         Empty: the nodes' system CAs.
+        """,
+    ).tag(config=True)
+
+    broker_fingerprints = List(
+        Unicode(),
+        [],
+        help="""
+        Pin the broker's certificate instead of (or besides) a CA: its SHA-256 fingerprints as
+        `batchtunnel certs show` prints them for broker.pem ("sha256:AB:CD:..."). Several are allowed,
+        to cover a renewal. Without broker_ca_file, the pin alone is checked. Passed to the job as
+        BATCHTUNNEL_FINGERPRINT.
+        """,
+    ).tag(config=True)
+
+    tunnel_lifetime = Float(
+        0.0,
+        help="""
+        Seconds a job's tunnel credential stays valid from its creation; after that the broker
+        refuses it and disconnects the agent. Cover the longest queue wait plus the longest runtime.
+        0: the credential lives until the tunnel is deleted (when the server stops).
         """,
     ).tag(config=True)
 
@@ -107,7 +127,8 @@ class BrokerTunnelMixin(ResourceOptionsMixin, ConnectToJobMixin):
     async def create_tunnel(self) -> None:
         if not self.broker_url:
             raise RuntimeError("batchtunnel: set broker_url (wss://HOST:PORT/agent) in the spawner config")
-        created = await self._broker("create_tunnel", self.user.name)  # type: ignore[attr-defined]
+        created = await self._broker("create_tunnel", self.user.name,  # type: ignore[attr-defined]
+                                     self.tunnel_lifetime or None)
         self.tunnel_id, self._agent_token = created["id"], created["token"]
         self.log.info("Tunnel %s created for %s", self.tunnel_id, self.user.name)  # type: ignore[attr-defined]
 
@@ -202,6 +223,8 @@ class BrokerTunnelMixin(ResourceOptionsMixin, ConnectToJobMixin):
             if self.broker_ca_file:
                 with open(self.broker_ca_file, encoding="utf-8") as f:
                     env["BATCHTUNNEL_CA_PEM"] = f.read()
+            if self.broker_fingerprints:
+                env["BATCHTUNNEL_FINGERPRINT"] = ",".join(self.broker_fingerprints)
         return env
 
     def cmd_formatted_for_batch(self) -> str:

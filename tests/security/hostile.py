@@ -71,6 +71,7 @@ class HostileAgent:
         self.ws = ws
         self._pending = bytearray()
         self._frames: collections.deque[Frame] = collections.deque()
+        self.goaway: int | None = None  # the code of the last GOAWAY received
 
     @classmethod
     async def open(cls, url: str, token: str | None, cafile: str, source: str = "127.0.0.1",
@@ -114,37 +115,32 @@ class HostileAgent:
                         await self.ws.send(frame(FrameType.PING, 0, f.payload, flags=1))
                     if done(f):
                         return seen
-                message = await self.ws.recv()
-                assert isinstance(message, bytes)
-                self._pending += message
-                self._frames.extend(parse(self._pending))
+                await self._receive()
 
         return await asyncio.wait_for(read(), timeout)
 
+    async def _receive(self) -> None:
+        message = await self.ws.recv()
+        assert isinstance(message, bytes)
+        self._pending += message
+        for f in parse(self._pending):
+            if f.type == FrameType.GOAWAY:
+                self.goaway = decode_goaway(f.payload)[1]
+            self._frames.append(f)
+
     async def closed_with(self, timeout: float = 10.0) -> tuple[int | None, int | None]:
         """Wait for the broker to end the session. Returns (GOAWAY code, WebSocket close code)."""
-        goaway: int | None = None
 
         async def drain() -> None:
-            nonlocal goaway
             try:
                 while True:
-                    for f in self._frames:
-                        if f.type == FrameType.GOAWAY:
-                            goaway = decode_goaway(f.payload)[1]
                     self._frames.clear()
-                    message = await self.ws.recv()
-                    assert isinstance(message, bytes)
-                    self._pending += message
-                    self._frames.extend(parse(self._pending))
+                    await self._receive()
             except ConnectionClosed:
-                for f in self._frames:
-                    if f.type == FrameType.GOAWAY:
-                        goaway = decode_goaway(f.payload)[1]
+                pass
 
         await asyncio.wait_for(drain(), timeout)
-        rcvd = self.ws.close_code
-        return goaway, rcvd
+        return self.goaway, self.ws.close_code
 
     async def alive(self) -> bool:
         """The session still answers a PING."""

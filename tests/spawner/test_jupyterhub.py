@@ -160,7 +160,12 @@ def test_single_outbound_port_mode(procs: ProcessGroup, pki: Pki, tmp_path: Path
 
 
 def test_torque_spawner_end_to_end(procs: ProcessGroup, broker: BrokerProcess, tmp_path: Path) -> None:
-    hub = Hub(procs, tmp_path / "hub", broker, backend="torque", pending=1, options_cores_max=4)
+    # This site pins the broker's certificate instead of giving jobs the CA, and lets credentials expire.
+    from batchtunnel.certs import authority
+
+    pin = authority.fingerprint(authority.load_cert(broker.pki.cert))
+    hub = Hub(procs, tmp_path / "hub", broker, backend="torque", pending=1, options_cores_max=4,
+              broker_ca_file="", broker_fingerprints=[pin], tunnel_lifetime=3600.0)
     ensure_user("btfrank")
     hub.api("POST", "/hub/api/users/btfrank")
     status, _ = hub.api("POST", "/hub/api/users/btfrank/server", {"cores": "3", "memory_gb": "5"})
@@ -174,6 +179,8 @@ def test_torque_spawner_end_to_end(procs: ProcessGroup, broker: BrokerProcess, t
     script = (hub.batch_dir / f"{job}.sh").read_text()
     assert "#PBS -l nodes=1:ppn=3" in script and "#PBS -l mem=5gb" in script
     assert "started" in notebook_status(hub, "btfrank")
+    (tunnel,) = broker.client.tunnels()
+    assert tunnel["expires"] == pytest.approx(tunnel["created"] + 3600, abs=1)
     hub.api("DELETE", "/hub/api/users/btfrank/server")
     wait_until(lambda: not hub.jobs_running(), 30, "the job to be cancelled")
     wait_until(lambda: broker.client.tunnels() == [], 30, "the tunnel to be deleted")
