@@ -14,6 +14,7 @@ from ..session import SERVICE_HUB_API, Refusal, StreamBridge, TaskOwner, TunnelS
 from ..wire import AuthenticationError, Connection, ErrorCode, Settings, Side
 from ..wire.exceptions import describe_code
 from .admission import Admission
+from .memory import Trimmer
 from .registry import Registry, Tunnel
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class AgentEndpoint:
         self.registry = registry
         self.admission = admission or Admission()
         self.trusted_proxies = trusted_proxies
+        self.trimmer = Trimmer()
         self.hub_api = hub_api
         self.settings = settings
         self.handshake_timeout = handshake_timeout
@@ -128,6 +130,7 @@ class AgentEndpoint:
                 tunnel.session = None
                 tunnel.disconnected_since = time.time()
                 log.info("tunnel %s: agent from %s disconnected", tunnel.id, peer)
+            self.trimmer.soon()
 
     async def _accept_service(self, session: TunnelSession, bridge: StreamBridge) -> None:
         """A stream the agent opened: only the hub-API service, only where --hub-api says, and only
@@ -179,3 +182,4 @@ class AgentEndpoint:
             session.close(ErrorCode.SHUTTING_DOWN, "the broker is shutting down")
         await asyncio.gather(*(s.wait_finished() for s in list(self.sessions)), return_exceptions=True)
         await self._tasks.aclose()
+        self.trimmer.cancel()

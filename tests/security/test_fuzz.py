@@ -105,7 +105,13 @@ def unfinished(data: bytes) -> int:
 
 
 async def throw_at_broker(arena: Arena, sequence: list[bytes], split: bool) -> None:
-    agent = await HostileAgent.open(arena.url, arena.hostile_token, arena.ca)
+    try:
+        agent = await HostileAgent.open(arena.url, arena.hostile_token, arena.ca)
+    except ConnectionResetError:
+        # Seen once in a 5000-example run: a loopback connection reset during TLS, before any of
+        # the example was sent; not reproduced in 3000 more with the broker at DEBUG, which logged
+        # nothing about it. One more try keeps such a reset from passing for a finding.
+        agent = await HostileAgent.open(arena.url, arena.hostile_token, arena.ca)
     data = b"".join(sequence)
     missing = unfinished(data)
     filler = b"\x00" * missing if missing <= MAX_FRAME else b""  # past MAX_FRAME the broker already gave up
