@@ -96,6 +96,6 @@ class Admission:
         self._failures.pop(address, None)
 
     @property
-    def addresses_blocked(self) -> int:
+    def addresses_tracked(self) -> int:
         """Addresses remembered with failures (blocked or on their way)."""
         return len(self._failures)

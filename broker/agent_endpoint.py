@@ -61,7 +61,7 @@ class AgentEndpoint:
         self._tasks = TaskOwner("agent endpoint")
 
     def new_link(self, on_handshake_end: Callable[[], None]) -> WebSocketLink:
-        """The WebSocket side of one accepted connection (see ``acceptor.Acceptors``)."""
+        """The WebSocket side of one accepted connection (see ``acceptor.AgentListener``)."""
         return WebSocketLink.server(self._on_request, self.handshake_timeout, on_handshake_end)
 
     # -- the upgrade request

@@ -39,4 +39,4 @@ def test_the_failure_table_is_bounded() -> None:
     rules = Admission()
     for i in range(MAX_ADDRESSES + 100):
         rules.failed(f"10.{i // 65536}.{i // 256 % 256}.{i % 256}", float(i))
-    assert rules.addresses_blocked == MAX_ADDRESSES
+    assert rules.addresses_tracked == MAX_ADDRESSES

@@ -306,24 +306,24 @@ def test_the_session_budget_refuses_streams_past_it_and_caps_window_growth() -> 
     with pytest.raises(InvalidState, match="budget"):
         p.broker.open_stream(8888)
     # With the budget full, a bulk stream's window does not grow, however much it consumes.
-    for _ in range(8):
-        p.agent.send_data(sids[0], b"x" * 64 * KIB)
-        p.pump()
-        delivered = sum(len(e.data) for e in p.take("broker") if isinstance(e, DataReceived))
-        p.broker.acknowledge_received(sids[0], delivered)
-        p.pump()
+    consume(p, sids[0], 8 * 64 * KIB)
     assert p.agent.send_credit(sids[0]) <= 64 * KIB
     # Closing streams frees budget: now the window grows.
     for sid in sids[1:4]:
         p.agent.reset_stream(sid)
     p.pump()
-    for _ in range(8):
-        p.agent.send_data(sids[0], b"x" * 64 * KIB)
+    consume(p, sids[0], 8 * 64 * KIB)
+    assert p.agent.send_credit(sids[0]) > 64 * KIB
+
+
+def consume(p: Pair, sid: int, size: int) -> None:
+    """The agent sends ``size`` bytes on ``sid`` in 64 KiB pieces; the broker delivers and acknowledges each."""
+    for _ in range(size // (64 * KIB)):
+        p.agent.send_data(sid, b"x" * 64 * KIB)
         p.pump()
         delivered = sum(len(e.data) for e in p.take("broker") if isinstance(e, DataReceived))
-        p.broker.acknowledge_received(sids[0], delivered)
+        p.broker.acknowledge_received(sid, delivered)
         p.pump()
-    assert p.agent.send_credit(sids[0]) > 64 * KIB
 
 
 def test_session_window_below_initial_window_is_a_configuration_error() -> None:
