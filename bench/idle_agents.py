@@ -1,6 +1,9 @@
-"""Hold N idle agents connected to a broker, in one process (for the broker-memory figure).
+"""Hold N idle agents connected to a broker, in one process (broker memory; the reconnect storm).
 
-    python bench/idle_agents.py URL CAFILE TOKENS_FILE    (one token per line)
+    python bench/idle_agents.py URL CAFILE TOKENS_FILE [shipped]   (one token per line)
+
+With ``shipped`` the agents reconnect with the shipped backoff (0.5 s doubling to 30 s); without, with
+a short one (0.2 s to 2 s) so the memory figure is taken sooner.
 """
 
 from __future__ import annotations
@@ -12,13 +15,14 @@ import sys
 from batchtunnel.agent import Agent, AgentConfig
 
 
-async def main(url: str, cafile: str, tokens: list[str]) -> None:
-    agents = [Agent(AgentConfig(url=url, token=t, cafile=cafile, backoff_initial=0.2, backoff_max=2))
-              for t in tokens]
+async def main(url: str, cafile: str, tokens: list[str], shipped: bool) -> None:
+    backoff = {} if shipped else {"backoff_initial": 0.2, "backoff_max": 2.0}
+    agents = [Agent(AgentConfig(url=url, token=t, cafile=cafile, **backoff)) for t in tokens]
     await asyncio.gather(*(a.run() for a in agents))
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING)
     with open(sys.argv[3]) as f:
-        asyncio.run(main(sys.argv[1], sys.argv[2], [line.strip() for line in f if line.strip()]))
+        tokens = [line.strip() for line in f if line.strip()]
+    asyncio.run(main(sys.argv[1], sys.argv[2], tokens, sys.argv[4:5] == ["shipped"]))

@@ -381,10 +381,13 @@ def render(report: dict) -> str:  # type: ignore[type-arg]
     return "\n".join(lines)
 
 
-def write_docs(table: str) -> None:
+def write_docs(table: str, section: str = "results") -> None:
+    """Replace what docs/benchmarks.md holds between <!-- SECTION:start --> and <!-- SECTION:end -->."""
     path = ROOT / "docs" / "benchmarks.md"
     text = path.read_text()
-    start, end = "<!-- results:start -->", "<!-- results:end -->"
+    start, end = f"<!-- {section}:start -->", f"<!-- {section}:end -->"
+    if start not in text:
+        raise RuntimeError(f"docs/benchmarks.md has no {start} marker")
     before, _, rest = text.partition(start)
     _, _, after = rest.partition(end)
     path.write_text(f"{before}{start}\n{table}\n{end}{after}")

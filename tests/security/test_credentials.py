@@ -138,3 +138,17 @@ def test_expires_in_must_be_a_sensible_number_of_seconds(broker: BrokerProcess) 
         with pytest.raises(ApiError) as exc:
             broker.client.create_tunnel("x", expires_in=bad)  # type: ignore[arg-type]
         assert exc.value.status == 400 and "expires_in" in str(exc.value)
+
+
+def test_insecure_agents_are_warned_at_every_connect(procs: ProcessGroup, pki: Pki, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    broker = BrokerProcess(procs, pki, tmp_path, "--insecure", plain=True)
+    tunnel = broker.client.create_tunnel("plain")
+    agent = start_agent(procs, "agent", broker.agent_url, tunnel["token"], "--insecure", "--backoff-max", "1")
+    wait_until(lambda: broker.agent_connected(tunnel["id"]), 15, "the agent to connect over ws://")
+    assert broker.proc is not None
+    assert "tokens travel unencrypted" in broker.proc.log()
+    broker.proc.kill9()
+    broker.start()
+    wait_until(lambda: broker.agent_connected(tunnel["id"]), 15, "the agent to reconnect")
+    warning = "connecting over plain ws:// (--insecure): the token travels unencrypted"
+    assert agent.log().count(warning) >= 2  # once per dial, not once per run
