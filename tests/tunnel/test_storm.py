@@ -41,7 +41,7 @@ async def test_500_agents_come_back_after_a_broker_kill9(broker: BrokerProcess) 
         assert broker.proc is not None
         broker.proc.kill9()
         await eventually(lambda: not any(a.connected.is_set() for a in agents), 30, "every agent to notice")
-        broker.start()
+        await asyncio.to_thread(broker.start)  # in a thread: the agents' timers must keep running meanwhile
         await eventually(lambda: connected() == AGENTS, 120, "all agents to come back")
         assert all(a.connected.is_set() for a in agents)
         # No descriptor left behind by the crowd: one per agent, as before the restart (± the API's own).
