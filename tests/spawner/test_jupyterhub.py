@@ -48,7 +48,7 @@ def notebook_status(hub: Hub, user: str) -> dict[str, object]:
 def test_spawn_reach_the_notebook_through_the_broker_and_stop(
     procs: ProcessGroup, broker: BrokerProcess, tmp_path: Path
 ) -> None:
-    hub = Hub(procs, tmp_path / "hub", broker, pending=2)
+    hub = Hub(procs, tmp_path / "hub", broker, pending=2, log_level="DEBUG")
     events = spawn(hub, "btalice")
     messages = [str(e.get("message", "")) for e in events]
     assert any(re.search(r"Job \d+ queued: Resources", m) for m in messages), messages
@@ -69,7 +69,8 @@ def test_spawn_reach_the_notebook_through_the_broker_and_stop(
     assert token.startswith(tunnel["id"] + ".") and token not in script
     assert "batchtunnel agent --" in script
     assert env["JUPYTERHUB_SERVICE_URL"].startswith("http://127.0.0.1:")  # notebook on loopback
-    assert token not in hub.proc.log()  # type: ignore[union-attr]
+    hub_log = hub.proc.log()  # type: ignore[union-attr]
+    assert "[D " in hub_log and token not in hub_log and token.partition(".")[2] not in hub_log
 
     status, _ = hub.api("DELETE", "/hub/api/users/btalice/server")
     assert status in (202, 204)

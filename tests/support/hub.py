@@ -35,7 +35,8 @@ class Hub:
     """``jupyterhub -f <generated config>``; the proxy keeps running if the hub dies (as sites run it)."""
 
     def __init__(self, procs: ProcessGroup, workdir: Path, broker: BrokerProcess, pending: float = 0,
-                 api_port: int = 0, backend: str = "slurm", hub_ip: str = "127.0.0.1", **spawner: Any) -> None:
+                 api_port: int = 0, backend: str = "slurm", hub_ip: str = "127.0.0.1", log_level: str = "INFO",
+                 **spawner: Any) -> None:
         self.procs = procs
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
@@ -75,6 +76,7 @@ class Hub:
         lines = [
             "c = get_config()  # noqa",
             "c.JupyterHub.ip = '127.0.0.1'",
+            f"c.JupyterHub.log_level = {log_level!r}",
             f"c.JupyterHub.port = {self.port}",
             f"c.JupyterHub.hub_ip = {hub_ip!r}",
             f"c.JupyterHub.hub_port = {self.api_port}",
