@@ -41,10 +41,12 @@ def slurm() -> Iterator[str]:
 def stack(slurm: str, procs: ProcessGroup, pki: Pki, tmp_path: Path) -> Iterator[tuple[Hub, BrokerProcess]]:
     empty_queue()  # a previous test's cancelled job may still be completing
     broker = BrokerProcess(procs, pki, tmp_path / "broker", listen_host=HUB_SIDE, public_host=HUB_SIDE)
+    # The proxy runs on its own, as sites run it: it lives through a hub restart.
     hub = Hub(procs, tmp_path / "hub", broker, backend="real-slurm", hub_ip=HUB_SIDE, options_memory_max_gb=2,
-              options_environments={"default": "", "broken": "echo 'module python/9 not found' >&2; exit 3"})
+              options_environments={"default": "", "broken": "echo 'module python/9 not found' >&2; exit 3"},
+              external_proxy=True)
     yield hub, broker
-    for user in ("btslurm1", "btslurm2", "btbrowser"):
+    for user in ("btslurm1", "btslurm2", "btslurm5", "btbrowser"):
         hub.api("DELETE", f"/hub/api/users/{user}/server")
     subprocess.run(["scancel", "--partition=debug"], capture_output=True)  # the test cluster's jobs only
     empty_queue()

@@ -24,7 +24,7 @@ import aiohttp
 import pytest
 
 from tests.support.hub import Hub, ensure_user
-from tests.support.kernel import run_code
+from tests.support.kernel import kernel, run_code
 from tests.support.processes import ProcessGroup, free_port, port_open, wait_until
 from tests.support.tunnel import BrokerProcess, Pki
 
@@ -105,6 +105,48 @@ async def test_a_notebook_on_a_firewalled_slurm_node(stack: tuple[Hub, BrokerPro
     wait_until(lambda: broker.client.tunnels() == [], 30, "the tunnel to be deleted")
     assert not port_open(exposure["port"])
     wait_until(lambda: node_processes() == ["slurmd"], 15, "only slurmd left in the node's namespace")
+
+
+async def test_a_notebook_lives_through_hub_and_broker_restarts(stack: tuple[Hub, BrokerProcess]) -> None:
+    hub, broker = stack
+    assert spawn(hub, "btslurm5")[-1].get("ready")
+    (job,) = [line.split()[0] for line in squeue().splitlines()]
+    token = user_token(hub, "btslurm5")
+    base = f"http://127.0.0.1:{hub.port}/user/btslurm5"
+    size = 100 * 1024 * 1024
+    async with aiohttp.ClientSession(headers={"Authorization": f"token {token}"}) as http:
+        async with kernel(http, base) as k:
+            digest = await k.execute(
+                f"import hashlib, os; data = os.urandom({size}); open('big.bin', 'wb').write(data); "
+                "hashlib.sha256(data).hexdigest()", timeout=120)
+            async with http.get(f"{base}/files/big.bin") as download:
+                assert download.status == 200
+                received = hashlib.sha256(await download.content.readexactly(1024 * 1024))
+                # kill -9 the hub mid-download, with the kernel's WebSocket open.
+                hub.kill9()
+                assert await k.execute("2 + 3") == "5"  # while the hub is down
+                await asyncio.to_thread(hub.start)
+                while chunk := await download.content.read(1024 * 1024):
+                    received.update(chunk)
+            assert repr(received.hexdigest()) == digest
+            assert await k.execute("6 * 7") == "42"  # the same WebSocket after the restart
+        await asyncio.to_thread(wait_until, lambda: hub.api("GET", "/hub/api/users/btslurm5")[1]["servers"]
+                                .get("", {}).get("ready"), 60, "the restarted hub to find the server running")
+        assert [line.split()[0] for line in squeue().splitlines()] == [job]
+
+        # kill -9 the broker: the agent comes back by itself, the same hub-side port answers.
+        (tunnel,) = broker.client.tunnels()
+        port = tunnel["exposures"][0]["port"]
+        assert broker.proc is not None
+        broker.proc.kill9()
+        await asyncio.to_thread(broker.start)
+        await asyncio.to_thread(wait_until, lambda: broker.agent_connected(tunnel["id"]), 30,
+                                "the agent on the node to reconnect")
+        assert hub.route_target("btslurm5") == f"http://127.0.0.1:{port}"
+        async with kernel(http, base) as k:
+            assert await k.execute("1 + 1") == "2"
+    hub.api("DELETE", "/hub/api/users/btslurm5/server")
+    await asyncio.to_thread(wait_until, lambda: job not in squeue(), 30, "the job to leave squeue")
 
 
 def node_processes() -> list[str]:

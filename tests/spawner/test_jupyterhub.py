@@ -6,15 +6,19 @@ agent and the real jupyterhub-singleuser. The real cluster is the real-Slurm end
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import re
 import time
 import urllib.request
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from tests.support.hub import CHP, Hub, ensure_user
+from tests.support.kernel import kernel
 from tests.support.processes import ProcessGroup, free_port, port_open, wait_until
 from tests.support.tunnel import BrokerProcess, Pki
 
@@ -202,3 +206,35 @@ def test_a_job_dying_after_it_ran_fails_the_spawn_quickly(
                "the spawn to fail")
     assert time.monotonic() - started < 30
     wait_until(lambda: broker.client.tunnels() == [], 10, "the tunnel to be deleted")
+
+
+async def test_open_connections_live_through_a_hub_kill9(
+    procs: ProcessGroup, broker: BrokerProcess, tmp_path: Path
+) -> None:
+    # The proxy runs on its own, as at a site; the hub is not on the data path (proxy -> broker -> agent).
+    hub = Hub(procs, tmp_path / "hub", broker, external_proxy=True)
+    spawn(hub, "btgina")
+    base = f"http://127.0.0.1:{hub.port}/user/btgina"
+    size = 100 * 1024 * 1024
+    async with aiohttp.ClientSession(headers={"Authorization": f"token {hub.token}"}) as http, \
+            kernel(http, base) as k:
+        digest = await k.execute(
+            f"import hashlib, os; data = os.urandom({size}); open('big.bin', 'wb').write(data); "
+            "hashlib.sha256(data).hexdigest()", timeout=120)
+        assert await k.execute("1 + 1") == "2"
+        async with http.get(f"{base}/files/big.bin") as download:
+            assert download.status == 200
+            received = hashlib.sha256(await download.content.readexactly(1024 * 1024))
+
+            hub.kill9()  # mid-download, kernel WebSocket open
+            assert await k.execute("2 + 3") == "5"  # while the hub is down
+            await asyncio.to_thread(hub.start)
+            while chunk := await download.content.read(1024 * 1024):
+                received.update(chunk)
+        assert repr(received.hexdigest()) == digest
+        # The same WebSocket, after the restart; and the spawner re-attached to the same job.
+        assert await k.execute("6 * 7") == "42"
+    wait_until(lambda: hub.api("GET", "/hub/api/users/btgina")[1]["servers"].get("", {}).get("ready"), 60,
+               "the hub to find the server running")
+    hub.api("DELETE", "/hub/api/users/btgina/server")
+    wait_until(lambda: not hub.jobs_running(), 30, "the job to be cancelled")

@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .processes import BIN, Proc, ProcessGroup, free_port, wait_until
+from .processes import BIN, Proc, ProcessGroup, free_port, port_open, wait_until
 from .tunnel import ADMIN_TOKEN, BrokerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,16 +32,23 @@ def ensure_user(name: str) -> None:
 
 
 class Hub:
-    """``jupyterhub -f <generated config>``; the proxy keeps running if the hub dies (as sites run it)."""
+    """``jupyterhub -f <generated config>`` with the real configurable-http-proxy.
+
+    By default the hub starts the proxy; a restarted hub then replaces it (JupyterHub terminates the
+    proxy its pid file names), which drops every connection through it. With ``external_proxy`` the
+    proxy is a process of its own that the hub only configures (``should_start = False``), as sites
+    run it: it lives through a hub restart, and so do the connections through it.
+    """
 
     def __init__(self, procs: ProcessGroup, workdir: Path, broker: BrokerProcess, pending: float = 0,
                  api_port: int = 0, backend: str = "slurm", hub_ip: str = "127.0.0.1", log_level: str = "INFO",
-                 **spawner: Any) -> None:
+                 external_proxy: bool = False, **spawner: Any) -> None:
         self.procs = procs
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.port, self.api_port, self.proxy_api_port = free_port(), api_port or free_port(), free_port()
         self.token = secrets.token_hex(16)
+        self.proxy_token = secrets.token_hex(16)
         self.batch_dir = workdir / "batch"
         (workdir / "admin.token").write_text(ADMIN_TOKEN)
         (workdir / "admin.token").chmod(0o600)
@@ -82,7 +89,8 @@ class Hub:
             f"c.JupyterHub.hub_port = {self.api_port}",
             f"c.ConfigurableHTTPProxy.api_url = 'http://127.0.0.1:{self.proxy_api_port}'",
             f"c.ConfigurableHTTPProxy.command = [{str(CHP)!r}]",
-            f"c.ConfigurableHTTPProxy.auth_token = {secrets.token_hex(16)!r}",
+            f"c.ConfigurableHTTPProxy.auth_token = {self.proxy_token!r}",
+            f"c.ConfigurableHTTPProxy.should_start = {not external_proxy!r}",
             "c.JupyterHub.cleanup_servers = False",
             "c.JupyterHub.tornado_settings = {'slow_spawn_timeout': 0}",
             f"c.JupyterHub.db_url = 'sqlite:///{workdir}/jupyterhub.sqlite'",
@@ -106,6 +114,13 @@ class Hub:
         self.proc: Proc | None = None
         self.starts = 0
         procs.cleanups.append(self.kill_jobs)  # jobs run in their own sessions: not in procs' groups
+        if external_proxy:
+            hub_url = f"http://{hub_ip}:{self.api_port}"
+            procs.start("proxy", [str(CHP), "--ip", "127.0.0.1", "--port", str(self.port), "--api-ip", "127.0.0.1",
+                                  "--api-port", str(self.proxy_api_port), "--default-target", hub_url,
+                                  "--error-target", f"{hub_url}/hub/error"],
+                        env={"CONFIGPROXY_AUTH_TOKEN": self.proxy_token})
+            wait_until(lambda: port_open(self.proxy_api_port), 30, "the proxy's API")
         self.start()
 
     def start(self) -> None:
@@ -155,8 +170,7 @@ class Hub:
 
     def route_target(self, user: str) -> str | None:
         req = urllib.request.Request(f"http://127.0.0.1:{self.proxy_api_port}/api/routes")
-        auth = next(line for line in self.config.read_text().splitlines() if "auth_token" in line)
-        req.add_header("Authorization", f"token {auth.split('=', 1)[1].strip().strip(chr(39))}")
+        req.add_header("Authorization", f"token {self.proxy_token}")
         with urllib.request.urlopen(req, timeout=10) as resp:
             routes = json.load(resp)
         route = routes.get(f"/user/{user}") or routes.get(f"/user/{user}/")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -20,18 +22,20 @@ def execute_request(code: str, session: str) -> dict[str, Any]:
     }
 
 
-async def run_code(http: aiohttp.ClientSession, base: str, code: str, timeout: float = 60) -> str:
-    """Start a kernel at ``base`` (a server URL), run ``code``, return its text/plain result, delete it."""
-    async with http.post(f"{base}/api/kernels", json={"name": "python3"}) as resp:
-        assert resp.status == 201, await resp.text()
-        kernel = (await resp.json())["id"]
-    session = uuid.uuid4().hex
-    result = ""
-    async with http.ws_connect(f"{base}/api/kernels/{kernel}/channels?session_id={session}") as ws:
-        request = execute_request(code, session)
-        await ws.send_str(json.dumps(request))
+class Kernel:
+    """One kernel and one open WebSocket to it; ``execute`` may be called many times on that socket."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, session: str) -> None:
+        self.ws = ws
+        self.session = session
+
+    async def execute(self, code: str, timeout: float = 60) -> str:
+        """Run ``code``; return its text/plain result."""
+        request = execute_request(code, self.session)
+        await self.ws.send_str(json.dumps(request))
+        result = ""
         async with asyncio.timeout(timeout):
-            async for message in ws:
+            async for message in self.ws:
                 reply = json.loads(message.data)
                 if reply.get("parent_header", {}).get("msg_id") != request["header"]["msg_id"]:
                     continue
@@ -39,6 +43,25 @@ async def run_code(http: aiohttp.ClientSession, base: str, code: str, timeout: f
                     result = reply["content"]["data"]["text/plain"]
                 if reply["msg_type"] == "status" and reply["content"]["execution_state"] == "idle" and result:
                     break
-    async with http.delete(f"{base}/api/kernels/{kernel}") as resp:
-        assert resp.status == 204
-    return result
+        return result
+
+
+@contextlib.asynccontextmanager
+async def kernel(http: aiohttp.ClientSession, base: str) -> AsyncIterator[Kernel]:
+    """Start a kernel at ``base`` (a server URL), open its WebSocket; delete the kernel at the end."""
+    async with http.post(f"{base}/api/kernels", json={"name": "python3"}) as resp:
+        assert resp.status == 201, await resp.text()
+        kernel_id = (await resp.json())["id"]
+    session = uuid.uuid4().hex
+    try:
+        async with http.ws_connect(f"{base}/api/kernels/{kernel_id}/channels?session_id={session}") as ws:
+            yield Kernel(ws, session)
+    finally:
+        async with http.delete(f"{base}/api/kernels/{kernel_id}") as resp:
+            assert resp.status == 204
+
+
+async def run_code(http: aiohttp.ClientSession, base: str, code: str, timeout: float = 60) -> str:
+    """Start a kernel at ``base``, run ``code``, return its text/plain result, delete the kernel."""
+    async with kernel(http, base) as k:
+        return await k.execute(code, timeout)
