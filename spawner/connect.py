@@ -147,6 +147,11 @@ class ConnectToJobMixin(Configurable):
             self.stop_reason = connect.describe_exit()
             self.log.warning("Server of %s stopped: %s", self.user.name, self.stop_reason)  # type: ignore[attr-defined]
             self._connect = None
+            self.connect_pid = 0  # seen: later polls must not adopt the dead PID and reword the reason
+            # JupyterHub calls stop() only for a server poll() says is running. The job may well be:
+            # its node is lost, or the connection to it is. End it here (and whatever subclasses hold,
+            # like the tunnel), or it would run on for nobody.
+            await self.stop(now=True)
             return 1
         status: int | None = await super().poll()  # type: ignore[misc]
         return status

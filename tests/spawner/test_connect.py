@@ -130,6 +130,11 @@ async def test_later_exit_is_reported_by_poll_with_the_reason() -> None:
     await asyncio.sleep(1.5)
     assert await spawner.poll() == 1
     assert spawner.stop_reason == "connect-to-job command exited with status 1: tunnel closed by peer"
+    # JupyterHub will not call stop() for a server poll() reports stopped: the job was ended here.
+    assert spawner.stopped
+    # JupyterHub polls again (user_stopped, then User.stop): the reason stays the one seen.
+    assert await spawner.poll() is None  # FakeBatch's job handling has the last word now
+    assert spawner.stop_reason == "connect-to-job command exited with status 1: tunnel closed by peer"
 
 
 async def test_stop_kills_the_process_group_and_users_do_not_interfere(tmp_path: Path) -> None:

@@ -47,8 +47,9 @@ class Kernel:
 
 
 @contextlib.asynccontextmanager
-async def kernel(http: aiohttp.ClientSession, base: str) -> AsyncIterator[Kernel]:
-    """Start a kernel at ``base`` (a server URL), open its WebSocket; delete the kernel at the end."""
+async def kernel(http: aiohttp.ClientSession, base: str, delete: bool = True) -> AsyncIterator[Kernel]:
+    """Start a kernel at ``base`` (a server URL), open its WebSocket; delete the kernel at the end
+    (unless ``delete`` is False: the server may be out of reach by then)."""
     async with http.post(f"{base}/api/kernels", json={"name": "python3"}) as resp:
         assert resp.status == 201, await resp.text()
         kernel_id = (await resp.json())["id"]
@@ -57,8 +58,9 @@ async def kernel(http: aiohttp.ClientSession, base: str) -> AsyncIterator[Kernel
         async with http.ws_connect(f"{base}/api/kernels/{kernel_id}/channels?session_id={session}") as ws:
             yield Kernel(ws, session)
     finally:
-        async with http.delete(f"{base}/api/kernels/{kernel_id}") as resp:
-            assert resp.status == 204
+        if delete:
+            async with http.delete(f"{base}/api/kernels/{kernel_id}") as resp:
+                assert resp.status == 204
 
 
 async def run_code(http: aiohttp.ClientSession, base: str, code: str, timeout: float = 60) -> str:
