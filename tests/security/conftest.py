@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.support.processes import ProcessGroup
+from tests.support.processes import ProcessGroup, eventually
 from tests.support.tunnel import BrokerProcess, Pki, target_server
 from tests.tunnel import client
 
@@ -92,16 +92,6 @@ async def healthy_traffic(arena: Arena) -> AsyncIterator[list[int]]:
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)  # raises if a download failed
-
-
-async def eventually(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Wait, without blocking the event loop, until ``condition()`` holds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def back_to_baseline(arena: Arena, sessions: int = 1) -> None:

@@ -55,12 +55,13 @@ async def download(port: int, size: int, seed: int = 2) -> tuple[str, str, int]:
 
 async def echo(port: int, payload: bytes) -> bytes:
     reader, writer = await connect(port)
-    writer.write(b"echo\n" + payload)
-    await writer.drain()
-    writer.write_eof()
-    received = await reader.read()
-    writer.close()
-    return received
+    try:
+        writer.write(b"echo\n" + payload)
+        await writer.drain()
+        writer.write_eof()
+        return await reader.read()
+    finally:
+        writer.close()
 
 
 async def closed_promptly(port: int, timeout: float = 5.0) -> bool:

@@ -11,19 +11,12 @@ import resource
 
 from batchtunnel.agent import Agent, AgentConfig
 
+from tests.support.processes import eventually
 from tests.support.tunnel import BrokerProcess
 
 AGENTS = 500
 CROWD = 'batchtunnel_refused_total{cause="crowd"}'
 BLOCKED = 'batchtunnel_refused_total{cause="blocked"}'
-
-
-async def eventually(condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, f"timed out after {timeout} s waiting for {what}"
-        await asyncio.sleep(0.2)
 
 
 async def test_500_agents_come_back_after_a_broker_kill9(broker: BrokerProcess) -> None:
@@ -36,13 +29,13 @@ async def test_500_agents_come_back_after_a_broker_kill9(broker: BrokerProcess) 
         def connected() -> float:
             return broker.metrics()["batchtunnel_agents_connected"]
 
-        await eventually(lambda: connected() == AGENTS, 120, "all agents to connect")
+        await eventually(lambda: connected() == AGENTS, 120, "all agents to connect", 0.2)
         fds_with_agents = broker.fd_count()
         assert broker.proc is not None
         broker.proc.kill9()
         await eventually(lambda: not any(a.connected.is_set() for a in agents), 30, "every agent to notice")
         await asyncio.to_thread(broker.start)  # in a thread: the agents' timers must keep running meanwhile
-        await eventually(lambda: connected() == AGENTS, 120, "all agents to come back")
+        await eventually(lambda: connected() == AGENTS, 120, "all agents to come back", 0.2)
         assert all(a.connected.is_set() for a in agents)
         # No descriptor left behind by the crowd: one per agent, as before the restart (± the API's own).
         assert broker.fd_count() <= fds_with_agents + 5
