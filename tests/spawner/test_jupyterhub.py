@@ -41,6 +41,16 @@ def spawn(hub: Hub, user: str) -> list[dict[str, object]]:
     return events
 
 
+def stop(hub: Hub, user: str, broker: BrokerProcess | None = None) -> None:
+    """Stop ``user``'s server through the hub's API: the job is cancelled (and, given the broker, the
+    tunnel deleted)."""
+    status, _ = hub.api("DELETE", f"/hub/api/users/{user}/server")
+    assert status in (202, 204)
+    wait_until(lambda: not hub.jobs_running(), 30, "the job to be cancelled")
+    if broker is not None:
+        wait_until(lambda: broker.client.tunnels() == [], 30, "the tunnel to be deleted")
+
+
 def notebook_status(hub: Hub, user: str) -> dict[str, object]:
     req = urllib.request.Request(f"http://127.0.0.1:{hub.port}/user/{user}/api/status")
     req.add_header("Authorization", f"token {hub.token}")
@@ -76,10 +86,7 @@ def test_spawn_reach_the_notebook_through_the_broker_and_stop(
     hub_log = hub.proc.log()  # type: ignore[union-attr]
     assert "[D " in hub_log and token not in hub_log and token.partition(".")[2] not in hub_log
 
-    status, _ = hub.api("DELETE", "/hub/api/users/btalice/server")
-    assert status in (202, 204)
-    wait_until(lambda: not hub.jobs_running(), 30, "the job to leave the queue")
-    wait_until(lambda: broker.client.tunnels() == [], 30, "the tunnel to be deleted")
+    stop(hub, "btalice", broker)
     assert not port_open(exposure["port"])
 
 
@@ -96,8 +103,7 @@ def test_port_report_accepts_only_the_port(procs: ProcessGroup, broker: BrokerPr
     status, _ = hub.api("POST", "/hub/api/batchspawner", {"port": "80; rm -rf /"}, token=job_token)
     assert status == 400
     # Stopping still runs the configured scancel, not the posted command.
-    hub.api("DELETE", "/hub/api/users/btbob/server")
-    wait_until(lambda: not hub.jobs_running(), 30, "the job to be cancelled")
+    stop(hub, "btbob")
     assert not marker.exists()
 
 
@@ -116,9 +122,7 @@ def test_notebook_survives_a_hub_kill9_and_restart(
                "the hub to find the server running")
     assert hub.jobs_running() == [job]
     assert notebook_status(hub, "btcarol")["started"] == started
-    hub.api("DELETE", "/hub/api/users/btcarol/server")
-    wait_until(lambda: not hub.jobs_running(), 30, "the job to be cancelled")
-    wait_until(lambda: broker.client.tunnels() == [], 30, "the tunnel (known from the state) to be deleted")
+    stop(hub, "btcarol", broker)  # the tunnel is known from the state the restarted hub loaded
 
 
 def test_options_are_validated_and_reach_the_script(
@@ -145,8 +149,7 @@ def test_options_are_validated_and_reach_the_script(
     for line in ("#SBATCH --cpus-per-task=2", "#SBATCH --mem=3G", "#SBATCH --time=01:30:00",
                  "#SBATCH --partition=gpu"):
         assert line in script
-    hub.api("DELETE", "/hub/api/users/btdave/server")
-    wait_until(lambda: not hub.jobs_running(), 30, "the job to be cancelled")
+    stop(hub, "btdave")
 
 
 def test_single_outbound_port_mode(procs: ProcessGroup, pki: Pki, tmp_path: Path) -> None:
@@ -160,8 +163,7 @@ def test_single_outbound_port_mode(procs: ProcessGroup, pki: Pki, tmp_path: Path
     (job,) = hub.jobs_running()
     assert "batchtunnel agent --hub-api-via-tunnel --" in (hub.batch_dir / f"{job}.sh").read_text()
     assert "started" in notebook_status(hub, "bterin")
-    hub.api("DELETE", "/hub/api/users/bterin/server")
-    wait_until(lambda: not hub.jobs_running(), 30, "the job to be cancelled")
+    stop(hub, "bterin")
 
 
 def test_torque_spawner_end_to_end(procs: ProcessGroup, broker: BrokerProcess, tmp_path: Path) -> None:
@@ -186,9 +188,7 @@ def test_torque_spawner_end_to_end(procs: ProcessGroup, broker: BrokerProcess, t
     assert "started" in notebook_status(hub, "btfrank")
     (tunnel,) = broker.client.tunnels()
     assert tunnel["expires"] == pytest.approx(tunnel["created"] + 3600, abs=1)
-    hub.api("DELETE", "/hub/api/users/btfrank/server")
-    wait_until(lambda: not hub.jobs_running(), 30, "the job to be cancelled")
-    wait_until(lambda: broker.client.tunnels() == [], 30, "the tunnel to be deleted")
+    stop(hub, "btfrank", broker)
 
 
 def test_a_job_dying_after_it_ran_fails_the_spawn_quickly(
@@ -236,5 +236,4 @@ async def test_open_connections_live_through_a_hub_kill9(
         assert await k.execute("6 * 7") == "42"
     wait_until(lambda: hub.api("GET", "/hub/api/users/btgina")[1]["servers"].get("", {}).get("ready"), 60,
                "the hub to find the server running")
-    hub.api("DELETE", "/hub/api/users/btgina/server")
-    wait_until(lambda: not hub.jobs_running(), 30, "the job to be cancelled")
+    stop(hub, "btgina")
