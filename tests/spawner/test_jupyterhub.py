@@ -30,13 +30,18 @@ def broker(procs: ProcessGroup, pki: Pki, tmp_path: Path) -> BrokerProcess:
     return BrokerProcess(procs, pki, tmp_path / "broker")
 
 
-def spawn(hub: Hub, user: str) -> list[dict[str, object]]:
+def request_server(hub: Hub, user: str, options: dict[str, str] | None = None) -> list[dict[str, object]]:
+    """Ask the hub's API for ``user``'s server (with spawn ``options``); return the progress events."""
     ensure_user(user)
     status, _ = hub.api("POST", f"/hub/api/users/{user}")
     assert status in (201, 409)
-    status, body = hub.api("POST", f"/hub/api/users/{user}/server")
+    status, body = hub.api("POST", f"/hub/api/users/{user}/server", options)
     assert status in (201, 202), body
-    events = hub.progress(user)
+    return hub.progress(user)
+
+
+def spawn(hub: Hub, user: str) -> list[dict[str, object]]:
+    events = request_server(hub, user)
     assert events and events[-1].get("ready"), events
     return events
 
@@ -129,21 +134,15 @@ def test_options_are_validated_and_reach_the_script(
     procs: ProcessGroup, broker: BrokerProcess, tmp_path: Path
 ) -> None:
     hub = Hub(procs, tmp_path / "hub", broker, options_cores_max=4, options_partitions=["cpu", "gpu"])
-    ensure_user("btdave")
-    hub.api("POST", "/hub/api/users/btdave")
-    status, _ = hub.api("POST", "/hub/api/users/btdave/server", {"cores": "64", "partition": "gpu; id"})
-    assert status in (201, 202)
-    events = hub.progress("btdave")
+    events = request_server(hub, "btdave", {"cores": "64", "partition": "gpu; id"})
     assert events[-1].get("failed"), events
     message = str(events[-1]["message"])
     assert "cores: 64 is more than the 4 CPU cores allowed" in message
     assert "partition: 'gpu; id' is not one of: cpu, gpu" in message
     assert not hub.jobs_running() and broker.client.tunnels() == []  # nothing submitted, no tunnel left
 
-    status, _ = hub.api("POST", "/hub/api/users/btdave/server",
-                        {"cores": "2", "memory_gb": "3", "runtime_minutes": "90", "partition": "gpu"})
-    assert status in (201, 202)
-    assert hub.progress("btdave")[-1].get("ready")
+    options = {"cores": "2", "memory_gb": "3", "runtime_minutes": "90", "partition": "gpu"}
+    assert request_server(hub, "btdave", options)[-1].get("ready")
     (job,) = hub.jobs_running()
     script = (hub.batch_dir / f"{job}.sh").read_text()
     for line in ("#SBATCH --cpus-per-task=2", "#SBATCH --mem=3G", "#SBATCH --time=01:30:00",
@@ -173,11 +172,7 @@ def test_torque_spawner_end_to_end(procs: ProcessGroup, broker: BrokerProcess, t
     pin = authority.fingerprint(authority.load_cert(broker.pki.cert))
     hub = Hub(procs, tmp_path / "hub", broker, backend="torque", pending=1, options_cores_max=4,
               broker_ca_file="", broker_fingerprints=[pin], tunnel_lifetime=3600.0)
-    ensure_user("btfrank")
-    hub.api("POST", "/hub/api/users/btfrank")
-    status, _ = hub.api("POST", "/hub/api/users/btfrank/server", {"cores": "3", "memory_gb": "5"})
-    assert status in (201, 202)
-    events = hub.progress("btfrank")
+    events = request_server(hub, "btfrank", {"cores": "3", "memory_gb": "5"})
     assert events[-1].get("ready"), events
     messages = [str(e.get("message", "")) for e in events]
     assert any(re.search(r"Job \d+\.fakepbs queued", m) for m in messages), messages
