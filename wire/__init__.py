@@ -12,6 +12,7 @@ from .events import (
     Event,
     GoAwayReceived,
     PingAcknowledged,
+    SessionResumed,
     SessionStarted,
     StreamDrained,
     StreamEnded,
@@ -35,6 +36,6 @@ __all__ = [
     "AuthenticationError", "ConfigurationError", "Connection", "ConnectionClosed",
     "ConnectionTerminated", "DataReceived", "ErrorCode", "Event", "FlowControlError",
     "FrameTooLarge", "GoAwayReceived", "InvalidState", "Negotiated", "PingAcknowledged",
-    "ProtocolError", "SessionStarted", "Settings", "Side", "State", "StreamDrained",
+    "ProtocolError", "SessionResumed", "SessionStarted", "Settings", "Side", "State", "StreamDrained",
     "StreamEnded", "StreamId", "StreamOpened", "StreamReset", "TunnelError",
 ]

@@ -22,6 +22,18 @@ class SessionStarted:
 
 
 @dataclass(frozen=True)
+class SessionResumed:
+    """The peer's RESUME arrived on a new transport (§9): the session goes on.
+
+    ``streams`` live on; ``replayed`` bytes were sent again; ``lost`` streams were reset because
+    the peer no longer had them."""
+
+    streams: int
+    replayed: int
+    lost: int
+
+
+@dataclass(frozen=True)
 class StreamOpened:
     """The peer opened a stream towards ``port``. Connect it, or reset it."""
 
@@ -93,6 +105,7 @@ class ConnectionTerminated:
 
 Event = Union[
     SessionStarted,
+    SessionResumed,
     StreamOpened,
     DataReceived,
     StreamEnded,

@@ -47,6 +47,7 @@ class FrameType(enum.IntEnum):
     WINDOW_UPDATE = 4
     PING = 5
     GOAWAY = 6
+    RESUME = 7
 
 
 class Flag(enum.IntFlag):
@@ -54,7 +55,8 @@ class Flag(enum.IntFlag):
 
     NONE = 0
     FIN = 0x1
-    """DATA: the sender's direction of the stream ends after this payload."""
+    """DATA: the sender's direction of the stream ends after this payload. WINDOW_UPDATE (resume): the
+    peer's FIN and all data before it arrived. RESUME: the last frame of the record."""
     ACK = 0x1
     """PING: this is the answer to a PING with the same payload."""
 
@@ -64,11 +66,12 @@ _ALLOWED_FLAGS = {
     FrameType.OPEN: 0,
     FrameType.DATA: Flag.FIN,
     FrameType.RESET: 0,
-    FrameType.WINDOW_UPDATE: 0,
+    FrameType.WINDOW_UPDATE: Flag.FIN,
     FrameType.PING: Flag.ACK,
     FrameType.GOAWAY: 0,
+    FrameType.RESUME: Flag.FIN,
 }
-_CONNECTION_LEVEL = {FrameType.HELLO, FrameType.PING, FrameType.GOAWAY}
+_CONNECTION_LEVEL = {FrameType.HELLO, FrameType.PING, FrameType.GOAWAY, FrameType.RESUME}
 
 
 @dataclass(frozen=True)

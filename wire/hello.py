@@ -3,7 +3,7 @@
 Each side sends one HELLO as its first frame, without waiting for the other's.
 Its payload is a UTF-8 JSON object, for example::
 
-    {"versions": [1], "features": [], "initial_window": 262144,
+    {"versions": [1], "features": ["resume"], "initial_window": 262144,
      "max_window": 16777216, "max_frame": 262144, "max_streams": 1024,
      "software": "batchtunnel/0.1.0"}
 
@@ -21,7 +21,8 @@ from .codes import ErrorCode
 from .exceptions import ConfigurationError, ProtocolError
 
 SUPPORTED_VERSIONS = (1,)
-SUPPORTED_FEATURES: tuple[str, ...] = ()
+SUPPORTED_FEATURES: tuple[str, ...] = ("resume",)
+"""resume: streams outlive a replaced transport (docs/protocol.md §9)."""
 
 MIN_INITIAL_WINDOW = 64 * 1024
 MIN_FRAME = 16 * 1024

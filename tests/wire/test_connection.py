@@ -201,7 +201,7 @@ def raw(type_: FrameType, sid: int, payload: bytes = b"", flags: int = 0) -> byt
 
 def handshaken(side: Side = Side.AGENT) -> Connection:
     conn = Connection(side)
-    conn.receive_data(raw(FrameType.HELLO, 0, encode_hello(Settings())))
+    conn.receive_data(raw(FrameType.HELLO, 0, encode_hello(Settings(features=()))))
     conn.events_received()
     conn.data_to_send()
     return conn
