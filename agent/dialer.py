@@ -15,9 +15,11 @@ from urllib.parse import urlsplit
 from .. import __version__
 from ..session import (
     SERVICE_HUB_API,
+    SESSION_HEADER,
     HandshakeRejected,
     PeerRejected,
     RefusingProtocol,
+    SessionClosed,
     StreamBridge,
     TunnelSession,
     WebSocketLink,
@@ -60,6 +62,7 @@ class AgentConfig:
     connect_timeout: float = 10.0
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
+    resume_grace: float = 60.0  # seconds a lost session's streams are kept while redialling
     wire: Settings = field(default_factory=lambda: Settings(software=f"batchtunnel-agent/{__version__}"))
 
     def check(self) -> None:
@@ -79,6 +82,8 @@ class AgentConfig:
             raise ConfigurationError("--backoff-initial must be > 0 and <= --backoff-max")
         if self.heartbeat_timeout <= self.heartbeat_interval:
             raise ConfigurationError("--heartbeat-timeout must be longer than --heartbeat-interval")
+        if self.resume_grace < 0:
+            raise ConfigurationError("--resume-grace must be 0 (off) or more seconds")
 
 
 def backoff_delays(initial: float, maximum: float, rng: random.Random) -> Iterator[float]:
@@ -96,7 +101,8 @@ class Agent:
     def __init__(self, config: AgentConfig) -> None:
         config.check()
         self.config = config
-        self.session: TunnelSession | None = None
+        self.session: TunnelSession | None = None  # the current session; while redialling, maybe suspended
+        self._session_run: asyncio.Future[SessionClosed] | None = None  # its run(), owned here
         self.connected = asyncio.Event()
         self._stopping = False
         self._hub_api_server: asyncio.AbstractServer | None = None
@@ -151,16 +157,30 @@ class Agent:
         rng = random.Random()
         delays = backoff_delays(self.config.backoff_initial, self.config.backoff_max, rng)
         ssl_context = self._ssl()
-        while not self._stopping:
-            self._retry_after = 0.0
-            served = await self._connect_once(ssl_context)
-            if self._stopping:
-                return
-            if served:
-                delays = backoff_delays(self.config.backoff_initial, self.config.backoff_max, rng)
-            delay = max(next(delays), self._retry_after)
-            log.info("reconnecting in %.1f s", delay)
-            await asyncio.sleep(delay)
+        try:
+            while not self._stopping:
+                self._retry_after = 0.0
+                served = await self._connect_once(ssl_context)
+                if self._stopping:
+                    return
+                if served:
+                    delays = backoff_delays(self.config.backoff_initial, self.config.backoff_max, rng)
+                delay = max(next(delays), self._retry_after)
+                log.info("reconnecting in %.1f s", delay)
+                await asyncio.sleep(delay)
+        finally:
+            await self._end_session("the agent is stopping")
+
+    async def _end_session(self, why: str) -> None:
+        """Close the current session (resetting its streams, if it still has any) and wait for it."""
+        session, run = self.session, self._session_run
+        self.session = self._session_run = None
+        if session is not None and session.closed is None:
+            if session.suspended:
+                log.warning("dropping the session's %d waiting streams: %s", session.stream_count, why)
+            session.close(ErrorCode.SHUTTING_DOWN, why)
+        if run is not None:
+            await asyncio.gather(run, return_exceptions=True)
 
     async def _connect_once(self, ssl_context: ssl.SSLContext | None) -> bool:
         """One connection attempt; True if a session was established."""
@@ -169,14 +189,14 @@ class Agent:
         port = url.port or (443 if url.scheme == "wss" else 80)
         if ssl_context is None:  # at every connect, so the log shows it wherever one reads it
             log.warning("connecting over plain ws:// (--insecure): the token travels unencrypted")
-        link = WebSocketLink.client(self.config.url, {
+        held = self.session if self.session is not None and self.session.resumable else None
+        headers = {
             "Authorization": f"Bearer {self.config.token}",
             "User-Agent": f"batchtunnel-agent/{__version__}",
-        }, self._verify_pin)
-        session = TunnelSession(
-            Connection(Side.AGENT, self.config.wire), link, name="agent", accept=self._accept,
-            heartbeat_interval=self.config.heartbeat_interval, heartbeat_timeout=self.config.heartbeat_timeout,
-        )
+        }
+        if held is not None:
+            headers[SESSION_HEADER] = held.session_id
+        link = WebSocketLink.client(self.config.url, headers, self._verify_pin)
         loop = asyncio.get_running_loop()
         try:
             await asyncio.wait_for(
@@ -204,26 +224,45 @@ class Agent:
             link.abort()
             log.warning("cannot reach the broker at %s: %s", _safe_url(self.config.url), exc or type(exc).__name__)
             return False
-        self.session = session
-        run = asyncio.ensure_future(session.run())  # owned here, awaited below
-        started = False
-        try:
+        offered = link.response_headers.get(SESSION_HEADER.lower(), "")
+        if held is not None and offered == held.session_id and held.resumable:
+            held.attach(link)
+            log.info("connected to %s; resuming the session (%d streams)", _safe_url(self.config.url),
+                     held.stream_count)
+            session = held
+            started = True
+        else:
+            if self.session is not None:
+                await self._end_session("the broker no longer holds this session (restarted, or past its grace "
+                                        "period)")
+            session = TunnelSession(
+                Connection(Side.AGENT, self.config.wire), link, name="agent", accept=self._accept,
+                heartbeat_interval=self.config.heartbeat_interval, heartbeat_timeout=self.config.heartbeat_timeout,
+                resume_grace=self.config.resume_grace, session_id=offered or None,
+            )
+            self.session = session
+            self._session_run = asyncio.ensure_future(session.run())  # owned here: see _end_session
+            started = False
             try:
                 await session.wait_started(self.config.connect_timeout)
                 started = True
-                self.connected.set()
                 log.info("connected to %s", _safe_url(self.config.url))
             except (asyncio.TimeoutError, asyncio.CancelledError):
-                if not run.done():
-                    session.close()
-            closed = await run
-            log.info("disconnected from the broker: %s", closed)
+                session.close()
+        try:
+            if started:
+                self.connected.set()
+            await session.wait_link_down()
         finally:
-            if not run.done():
-                run.cancel()
-                await asyncio.gather(run, return_exceptions=True)
             self.connected.clear()
-            self.session = None
+        if session.closed is not None or not session.suspended:
+            run = self._session_run
+            if run is not None:
+                closed = await asyncio.shield(run)
+                log.info("disconnected from the broker: %s", closed)
+            self.session = self._session_run = None
+        else:
+            log.info("link to the broker lost; %d streams wait for a new one", session.stream_count)
         return started
 
     async def _accept(self, session: TunnelSession, bridge: StreamBridge) -> None:

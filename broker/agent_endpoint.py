@@ -10,7 +10,16 @@ from collections.abc import Callable
 
 from websockets.http11 import Request
 
-from ..session import SERVICE_HUB_API, Refusal, StreamBridge, TaskOwner, TunnelSession, WebSocketLink, serve_local
+from ..session import (
+    SERVICE_HUB_API,
+    SESSION_HEADER,
+    Refusal,
+    StreamBridge,
+    TaskOwner,
+    TunnelSession,
+    WebSocketLink,
+    serve_local,
+)
 from ..wire import AuthenticationError, Connection, ErrorCode, Settings, Side
 from ..wire.exceptions import describe_code
 from .admission import Admission
@@ -35,6 +44,8 @@ class AgentEndpoint:
         admission: the unauthenticated-connection cap and the per-address authentication back-off.
         trusted_proxies: addresses of TLS-terminating reverse proxies in front of the endpoint; for a
             connection from one of them, the agent's address is the last X-Forwarded-For entry.
+        resume_grace: seconds a session whose agent link was lost keeps its streams for the agent to
+            come back and resume it; 0 ends sessions with their link.
     """
 
     def __init__(
@@ -47,7 +58,10 @@ class AgentEndpoint:
         hub_api: tuple[str, int] | None = None,
         admission: Admission | None = None,
         trusted_proxies: frozenset[str] = frozenset(),
+        resume_grace: float = 0.0,
     ) -> None:
+        self.resume_grace = resume_grace
+        self.resumes_total = 0
         self.registry = registry
         self.admission = admission or Admission()
         self.trusted_proxies = trusted_proxies
@@ -102,13 +116,35 @@ class AgentEndpoint:
                 log.warning("agent from %s refused: %s", link.peer, exc)
             return Refusal(401, f"{exc}\n")
         self.admission.succeeded(address)
+        wanted = request.headers.get(SESSION_HEADER, "")
+        current = tunnel.session
+        if wanted and current is not None:
+            if current.session_id == wanted and current.resumable:
+                self._resume(tunnel, current, link)
+                return None
+            log.info("tunnel %s: agent from %s asks to resume a session this broker no longer holds; "
+                     "it starts a new one", tunnel.id, link.peer)
         session = TunnelSession(
             Connection(Side.BROKER, self.settings), link, name=tunnel.id, accept=self._accept_service,
             on_started=lambda: self._started(tunnel, session, link.peer),
             heartbeat_interval=self.heartbeat_interval, heartbeat_timeout=self.heartbeat_timeout,
+            resume_grace=self.resume_grace,
         )
+        link.accept_headers.append((SESSION_HEADER, session.session_id))
         self._tasks.spawn(self._serve(tunnel, session, link.peer), f"tunnel {tunnel.id}")
         return None
+
+    def _resume(self, tunnel: Tunnel, session: TunnelSession, link: WebSocketLink) -> None:
+        """The agent came back for its session: carry it on over the new link (its old one, if this
+        broker had not noticed it die yet, is dropped)."""
+        state = "suspended" if session.suspended else "whose old link is presumed dead"
+        log.info("tunnel %s: agent from %s resumes its session (%s, %d streams)", tunnel.id, link.peer, state,
+                 session.stream_count)
+        link.accept_headers.append((SESSION_HEADER, session.session_id))
+        session.attach(link)
+        tunnel.agent_address = link.peer
+        tunnel.connected_since = time.time()
+        self.resumes_total += 1
 
     async def _serve(self, tunnel: Tunnel, session: TunnelSession, peer: str) -> None:
         """Run one agent's session (one task per agent: the heartbeat and HELLO deadline are timers)."""

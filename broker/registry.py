@@ -62,11 +62,14 @@ class Tunnel:
 
     @property
     def agent_connected(self) -> bool:
-        return self.session is not None and self.session.started and self.session.closed is None
+        """The agent's session is up, on a live link (not waiting for the agent to come back)."""
+        session = self.session
+        return session is not None and session.started and session.closed is None and not session.suspended
 
     def as_json(self) -> dict[str, Any]:
         """The public view: never the token or its hash."""
         session = self.session if self.agent_connected else None
+        waiting = self.session if self.session is not None and self.session.suspended else None
         return {
             "id": self.id,
             "name": self.name,
@@ -76,7 +79,11 @@ class Tunnel:
                 "connected": session is not None,
                 "address": self.agent_address if session is not None else None,
                 "connected_since": self.connected_since if session is not None else None,
-                "disconnected_since": None if session is not None else self.disconnected_since,
+                "disconnected_since": None if session is not None else (
+                    waiting.suspended_since if waiting is not None else self.disconnected_since),
+                "suspended": waiting is not None,
+                "streams_waiting": waiting.stream_count if waiting is not None else 0,
+                "resumes": self.session.resumes if self.session is not None else 0,
                 "rtt_ms": round(session.rtt * 1000, 3) if session and session.rtt is not None else None,
                 "streams": session.stream_count if session else 0,
                 "streams_from_agent": session.streams_accepted if session else 0,

@@ -39,6 +39,7 @@ class BrokerConfig:
     handshake_timeout: float = 10.0
     heartbeat_interval: float = 5.0
     heartbeat_timeout: float = 15.0
+    resume_grace: float = 60.0
     hub_api: tuple[str, int] | None = None
     max_unauthenticated: int = 256
     auth_failure_limit: int = 10
@@ -68,6 +69,8 @@ class BrokerConfig:
                                      "--auth-block-max more than 0")
         if self.heartbeat_timeout <= self.heartbeat_interval:
             raise ConfigurationError("--heartbeat-timeout must be longer than --heartbeat-interval")
+        if self.resume_grace < 0:
+            raise ConfigurationError("--resume-grace must be 0 (off) or more seconds")
 
 
 class Broker:
@@ -82,7 +85,7 @@ class Broker:
             self.registry, config.wire, config.handshake_timeout,
             config.heartbeat_interval, config.heartbeat_timeout, config.hub_api,
             Admission(config.max_unauthenticated, config.auth_failure_limit, config.auth_block_max),
-            frozenset(config.trusted_proxies),
+            frozenset(config.trusted_proxies), config.resume_grace,
         )
         self.api = Api(self.registry, config.admin_token, config.expose_hosts, self.metrics_text)
         self._runners: list[web.AppRunner] = []
@@ -155,6 +158,7 @@ class Broker:
     def metrics_text(self) -> str:
         tunnels = list(self.registry.tunnels.values())
         sessions = [t.session for t in tunnels if t.session is not None and t.agent_connected]
+        suspended = [t.session for t in tunnels if t.session is not None and t.session.suspended]
         admission = self.endpoint.admission
         lines = [
             "# HELP batchtunnel_tunnels Tunnels known to the broker.",
@@ -163,9 +167,20 @@ class Broker:
             "# HELP batchtunnel_agents_connected Tunnels whose agent is connected.",
             "# TYPE batchtunnel_agents_connected gauge",
             f"batchtunnel_agents_connected {len(sessions)}",
-            "# HELP batchtunnel_streams_open Streams open across all tunnels.",
+            "# HELP batchtunnel_agents_suspended Tunnels whose agent's link was lost and whose streams wait "
+            "for it to come back (resumption).",
+            "# TYPE batchtunnel_agents_suspended gauge",
+            f"batchtunnel_agents_suspended {len(suspended)}",
+            "# HELP batchtunnel_streams_open Streams open across all tunnels (waiting ones included).",
             "# TYPE batchtunnel_streams_open gauge",
-            f"batchtunnel_streams_open {sum(s.stream_count for s in sessions)}",
+            f"batchtunnel_streams_open {sum(s.stream_count for s in sessions + suspended)}",
+            "# HELP batchtunnel_resumes_total Sessions carried over to a new agent link, since the broker "
+            "started (sessions still held).",
+            "# TYPE batchtunnel_resumes_total counter",
+            f"batchtunnel_resumes_total {self.endpoint.resumes_total}",
+            "# HELP batchtunnel_replay_bytes Bytes held to send again should an agent's link be lost.",
+            "# TYPE batchtunnel_replay_bytes gauge",
+            f"batchtunnel_replay_bytes {sum(s.conn.replay_bytes for s in sessions + suspended)}",
             "# HELP batchtunnel_hub_connections_total Hub-side connections accepted.",
             "# TYPE batchtunnel_hub_connections_total counter",
             f"batchtunnel_hub_connections_total {sum(t.connections_total for t in tunnels)}",

@@ -8,7 +8,7 @@ import os
 from typing import Any
 
 from .event_loop import run as run_loop
-from .options import Option, port_number, positive, read_secret
+from .options import Option, port_number, positive, read_secret, seconds_or_off
 
 NAME = "agent"
 HELP = "run the agent inside a batch job (dials out; optionally wraps a command)"
@@ -42,6 +42,8 @@ OPTIONS = [
     Option("heartbeat-interval", "seconds between heartbeat PINGs", positive, 5.0),
     Option("heartbeat-timeout", "seconds of silence after which the link is declared dead and redialled",
            positive, 15.0),
+    Option("resume-grace", "seconds the agent keeps a lost session's streams (connections to the notebook) "
+           "while it redials, to resume them; 0 closes them with the link", seconds_or_off, 60.0),
     Option("connect-timeout", "seconds for one dial (TCP + TLS + WebSocket + handshake)", positive, 10.0),
     Option("backoff-initial", "first reconnect delay, seconds (doubles each failure, with jitter)",
            positive, 0.5),
@@ -72,6 +74,7 @@ def run(values: dict[str, Any], args: argparse.Namespace) -> int:
         insecure=bool(values["insecure"]), fingerprints=values["fingerprint"],
         allow_ports=values["allow_port"], heartbeat_interval=values["heartbeat_interval"],
         heartbeat_timeout=values["heartbeat_timeout"], connect_timeout=values["connect_timeout"],
+        resume_grace=values["resume_grace"],
         backoff_initial=values["backoff_initial"], backoff_max=values["backoff_max"],
     )
     command = list(args.command)

@@ -10,7 +10,7 @@ import secrets
 from typing import Any
 
 from .event_loop import run as run_loop
-from .options import Option, host_port, positive, read_secret
+from .options import Option, host_port, positive, read_secret, seconds_or_off
 from .wire import ConfigurationError, Settings
 
 log = logging.getLogger("batchtunnel.broker")
@@ -44,6 +44,9 @@ OPTIONS = [
     Option("heartbeat-interval", "seconds between heartbeat PINGs to each agent", positive, 5.0),
     Option("heartbeat-timeout", "seconds of silence after which an agent's link is declared dead",
            positive, 15.0),
+    Option("resume-grace", "seconds an agent whose link was lost has to come back and resume its session: "
+           "its streams (hub-side connections) wait meanwhile; 0 resets them with the link",
+           seconds_or_off, 60.0),
     Option("initial-window", "per-stream flow-control window at stream start, bytes", int, 256 * 1024),
     Option("max-window", "largest a stream's window may grow to, bytes", int, 16 * 1024 * 1024),
     Option("max-streams", "streams an agent may open towards the broker at once", int, 1024),
@@ -89,7 +92,7 @@ def run(values: dict[str, Any], args: argparse.Namespace) -> int:
         database=values["database"], expose_hosts=values["expose_host"],
         handshake_timeout=values["handshake_timeout"],
         heartbeat_interval=values["heartbeat_interval"], heartbeat_timeout=values["heartbeat_timeout"],
-        hub_api=values["hub_api"], wire=wire,
+        hub_api=values["hub_api"], wire=wire, resume_grace=values["resume_grace"],
         max_unauthenticated=values["max_unauthenticated"], auth_failure_limit=values["auth_failure_limit"],
         auth_block_max=values["auth_block_max"], trusted_proxies=values["trusted_proxy"],
     )

@@ -161,6 +161,13 @@ def positive(text: str) -> float:
     return value
 
 
+def seconds_or_off(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise ValueError("must be 0 (off) or more")
+    return value
+
+
 def read_secret(env_name: str, file_path: str | None, what: str, environ: dict[str, str] | None = None) -> str:
     """A secret from its environment variable, else from a file; never from argv.
 

@@ -7,11 +7,12 @@ The broker and the agent differ only in who opens streams.
 """
 
 from .bridge import SERVICE_HUB_API, RefusingProtocol, StreamBridge
-from .session import SessionClosed, TunnelSession, serve_local
+from .session import SESSION_HEADER, SessionClosed, TunnelSession, serve_local
 from .tasks import TaskOwner
 from .websocket import HandshakeRejected, PeerRejected, Refusal, WebSocketLink
 
 __all__ = [
-    "SERVICE_HUB_API", "HandshakeRejected", "PeerRejected", "Refusal", "RefusingProtocol", "SessionClosed",
+    "SERVICE_HUB_API", "SESSION_HEADER", "HandshakeRejected", "PeerRejected", "Refusal", "RefusingProtocol",
+    "SessionClosed",
     "StreamBridge", "TaskOwner", "TunnelSession", "WebSocketLink", "serve_local",
 ]

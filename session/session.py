@@ -3,6 +3,10 @@
 Driven by callbacks: the link calls ``message_received`` with each WebSocket
 message; events are handled at once; output is written at the end of the loop
 iteration (``_kick`` coalesces), or when the link becomes writable again.
+
+With resumption (``resume_grace`` > 0 and the wire feature "resume"), a lost link
+suspends the session instead of ending it: streams and their local sockets stay,
+and ``attach`` puts the session on a new link within the grace period (§9).
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import secrets
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +28,9 @@ from ..wire import (
     GoAwayReceived,
     InvalidState,
     PingAcknowledged,
+    SessionResumed,
     SessionStarted,
+    State,
     StreamDrained,
     StreamEnded,
     StreamOpened,
@@ -34,6 +42,10 @@ from .tasks import TaskOwner
 from .websocket import WebSocketLink
 
 log = logging.getLogger(__name__)
+
+SESSION_HEADER = "Batchtunnel-Session"
+"""Names a session in the upgrade: the broker's 101 answer says which one the agent is in; an agent's
+request names the one it wants to resume (docs/protocol.md §8)."""
 
 MAX_MESSAGE = 1024 * 1024
 """Largest WebSocket message we send; output is cut at any byte (frames may span messages)."""
@@ -73,6 +85,9 @@ class TunnelSession:
         on_started: called once the HELLO exchange completed.
         heartbeat_interval: seconds between PINGs.
         heartbeat_timeout: seconds of silence from the peer after which the link is declared dead.
+        resume_grace: seconds a session whose link was lost waits for ``attach`` before its streams
+            are reset; 0 ends it with the link.
+        session_id: the session's name for resumption (the broker draws it; the agent learns it).
     """
 
     def __init__(
@@ -85,11 +100,18 @@ class TunnelSession:
         on_started: Callable[[], None] | None = None,
         heartbeat_interval: float = 5.0,
         heartbeat_timeout: float = 15.0,
+        resume_grace: float = 0.0,
+        session_id: str | None = None,
     ) -> None:
         self.conn = conn
         self.link = link
         link.receiver = self
         self.name = name
+        self.session_id = session_id or secrets.token_hex(16)
+        self._grace = resume_grace
+        self._grace_timer: asyncio.TimerHandle | None = None
+        self.suspended_since: float | None = None  # wall clock, while the link is down and streams wait
+        self.resumes = 0
         self._accept = accept
         self._on_started = on_started
         self._beat: asyncio.TimerHandle | None = None
@@ -102,7 +124,8 @@ class TunnelSession:
         self._started: asyncio.Future[None] = self._loop.create_future()
         # One-shot signals as futures, not Events: an Event allocates a waiter deque (~2 KiB per
         # idle agent on the broker, measured with tracemalloc).
-        self._lost: asyncio.Future[None] = self._loop.create_future()
+        self._over: asyncio.Future[None] = self._loop.create_future()  # the session ends
+        self._link_down: asyncio.Future[None] = self._loop.create_future()  # the current link is lost
         self._finished: asyncio.Future[None] = self._loop.create_future()
         self._flush_scheduled = False
         self._close_sent = False
@@ -118,14 +141,20 @@ class TunnelSession:
     # ------------------------------------------------------------ lifecycle
 
     async def run(self) -> SessionClosed:
-        """Serve until the link is lost. Never raises for a peer's misbehaviour."""
+        """Serve until the session ends: its link is lost (and, with resumption, no new one is attached
+        within the grace period), or it is closed. Never raises for a peer's misbehaviour."""
         # The heartbeat is a timer, not a task: an idle session on the broker should cost little.
         self._beat = self._loop.call_later(self._interval, self._heartbeat)
         self._flush()  # our HELLO
         try:
-            await self._lost
+            await self._over
         finally:
-            self._beat.cancel()
+            if self._beat is not None:
+                self._beat.cancel()
+            if self._grace_timer is not None:
+                self._grace_timer.cancel()
+            if not self._link_down.done():
+                self._link_down.set_result(None)
             if self.closed is None:
                 self.conn.receive_eof()
                 self._process()
@@ -156,6 +185,45 @@ class TunnelSession:
     async def wait_finished(self) -> None:
         await asyncio.shield(self._finished)
 
+    async def wait_link_down(self) -> None:
+        """Wait until the current link is lost (the session is then suspended or over)."""
+        await asyncio.shield(self._link_down)
+
+    @property
+    def suspended(self) -> bool:
+        """The link is lost; streams wait for ``attach`` (resumption)."""
+        return self.suspended_since is not None and self.closed is None
+
+    @property
+    def resumable(self) -> bool:
+        """A new link could take this session over."""
+        return self._grace > 0 and self.conn.resumable and not self._over.done()
+
+    def attach(self, link: WebSocketLink) -> None:
+        """Carry on over ``link``, replacing the current one (lost, or presumed so: the peer's new
+        connection says it is). Our RESUME goes first; the peer's brings both sides in step."""
+        old = self.link
+        if old is not link:
+            old.receiver = None
+            old.abort()
+        if self.conn.state is not State.SUSPENDED:
+            self.conn.suspend()
+        if self._grace_timer is not None:
+            self._grace_timer.cancel()
+            self._grace_timer = None
+        if self._beat is not None:
+            self._beat.cancel()
+        self.link = link
+        link.receiver = self
+        self._close_sent = False
+        self._ping = None
+        self._last_heard = self._loop.time()
+        if self._link_down.done():
+            self._link_down = self._loop.create_future()
+        self.conn.resume()
+        self._beat = self._loop.call_later(self._interval, self._heartbeat)
+        self._kick()  # the link may still be answering the upgrade: write once the callback is done
+
     def close(self, code: int = ErrorCode.SHUTTING_DOWN, reason: str = "closing") -> None:
         """End the session: GOAWAY with ``code``, reset every stream, then close the WebSocket."""
         self.conn.go_away(code, reason)
@@ -174,8 +242,24 @@ class TunnelSession:
         self._flush()
 
     def link_lost(self) -> None:
-        if not self._lost.done():
-            self._lost.set_result(None)
+        if self._beat is not None:
+            self._beat.cancel()
+        if self.closed is None and self._grace > 0 and not self._over.done() and self.conn.suspend():
+            self.suspended_since = time.time()
+            self._grace_timer = self._loop.call_later(self._grace, self._grace_expired)
+            log.info("session %s: link lost; its %d streams wait up to %.0f s for a new link",
+                     self.name, self.stream_count, self._grace)
+        elif not self._over.done():
+            self._over.set_result(None)
+        if not self._link_down.done():
+            self._link_down.set_result(None)
+
+    def _grace_expired(self) -> None:
+        self._grace_timer = None
+        log.warning("session %s: no new link within %.0f s; its %d streams are reset",
+                    self.name, self._grace, self.stream_count)
+        self.conn.receive_eof()
+        self._process()
 
     # ------------------------------------------------------ stream commands
 
@@ -254,6 +338,9 @@ class TunnelSession:
                 "session %s: nothing heard for %.1f s (timeout %.1f s); dropping the link",
                 self.name, silent, self._timeout,
             )
+            if self.resumable:  # the session waits for a new link: say nothing on this one
+                self.link.abort()
+                return
             self.conn.go_away(ErrorCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
             self._process()
             self.link.abort()
@@ -302,10 +389,19 @@ class TunnelSession:
             elif isinstance(event, GoAwayReceived):
                 log.info("session %s: peer is going away: %s (%s)", self.name, event.reason or "-",
                          describe_code(event.code))
+            elif isinstance(event, SessionResumed):
+                self.resumes += 1
+                down = time.time() - self.suspended_since if self.suspended_since is not None else 0.0
+                self.suspended_since = None
+                log.info("session %s: resumed after %.1f s: %d streams carried on, %d bytes sent again, "
+                         "%d reset (the peer had lost them)", self.name, down, event.streams, event.replayed,
+                         event.lost)
             elif isinstance(event, ConnectionTerminated):
                 self.closed = SessionClosed(event.code, event.reason)
                 if event.local and self.conn.error is not None:
                     log.warning("session %s: peer broke the protocol: %s", self.name, event.reason)
+                if self.suspended_since is not None and not self._over.done():
+                    self._over.set_result(None)  # no link to close
         self._kick()
 
     def _on_stream_opened(self, stream_id: int, port: int) -> None:

@@ -46,6 +46,8 @@ MAX_HEAD = 16 * 1024
 CLOSE_TIMEOUT = 2.0
 WRITE_HIGH = 512 * 1024
 """The socket's write buffer above which the link reports itself not writable."""
+MAX_HELD = 4 * 1024 * 1024
+"""Messages kept for a receiver not chosen yet (an agent deciding whether it resumes), at most."""
 
 
 class _WarningsOnly(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -112,7 +114,11 @@ class WebSocketLink(asyncio.Protocol):
                  handshake_timeout: float | None = None, on_handshake_end: Callable[[], None] | None = None,
                  verify_peer: VerifyPeer | None = None) -> None:
         self._ws: WsProtocol | None = ws  # only the opening handshake needs it; dropped once open
-        self.receiver: Receiver | None = None
+        self._receiver: Receiver | None = None
+        self._held: list[bytes] = []  # messages that arrived before a receiver was set
+        self._held_size = 0
+        self.accept_headers: list[tuple[str, str]] = []  # server: added to the 101 answer
+        self.response_headers: dict[str, str] = {}      # client: the 101 answer's headers
         self.peer = "?"
         self.peer_host = "?"
         self.phase = Phase.HANDSHAKE
@@ -153,6 +159,23 @@ class WebSocketLink(asyncio.Protocol):
                    on_handshake_end)
 
     # -- what a session uses
+
+    @property
+    def receiver(self) -> Receiver | None:
+        return self._receiver
+
+    @receiver.setter
+    def receiver(self, receiver: Receiver | None) -> None:
+        """Messages that arrived before it was set reach it on the next loop iteration, in order."""
+        self._receiver = receiver
+        if receiver is not None and self._held:
+            asyncio.get_running_loop().call_soon(self._release_held)
+
+    def _release_held(self) -> None:
+        while self._held and self._receiver is not None and self.phase is Phase.OPEN:
+            data = self._held.pop(0)
+            self._held_size -= len(data)
+            self._receiver.message_received(data)
 
     @property
     def connected(self) -> bool:
@@ -228,16 +251,16 @@ class WebSocketLink(asyncio.Protocol):
             self._handshake.set_exception(ConnectionError("connection closed during the WebSocket handshake"))
             self._handshake.exception()  # retrieved: no "never retrieved" warning when nobody waits
         self._lost = True
-        if self.receiver is not None:
-            self.receiver.link_lost()
+        if self._receiver is not None:
+            self._receiver.link_lost()
 
     def pause_writing(self) -> None:
         self._writable = False
 
     def resume_writing(self) -> None:
         self._writable = True
-        if self.receiver is not None:
-            self.receiver.writing_resumed()
+        if self._receiver is not None:
+            self._receiver.writing_resumed()
 
     # -- opening handshake (websockets)
 
@@ -287,7 +310,10 @@ class WebSocketLink(asyncio.Protocol):
         self._end_handshake()
         refusal = self._on_request(self, request)
         if refusal is None:
-            ws.send_response(ws.accept(request))
+            response = ws.accept(request)
+            for name, value in self.accept_headers:
+                response.headers[name] = value
+            ws.send_response(response)
             self.phase = Phase.OPEN
         else:
             self._refuse(refusal)
@@ -312,6 +338,7 @@ class WebSocketLink(asyncio.Protocol):
         if self._handshake.done() or self._ws is None:
             return
         if self._ws.handshake_exc is None:
+            self.response_headers = {name.lower(): value for name, value in response.headers.raw_items()}
             self.phase = Phase.OPEN
             self._handshake.set_result(None)
             self._request = None
@@ -338,13 +365,25 @@ class WebSocketLink(asyncio.Protocol):
             self._send_close(exc.code, str(exc))
             self.phase = Phase.CLOSED
             return
-        receiver = self.receiver
         for item in items:
             if isinstance(item, bytes):
-                if receiver is not None and self.phase is Phase.OPEN:
-                    receiver.message_received(item)
+                if self.phase is not Phase.OPEN:
+                    continue
+                if self._receiver is None or self._held:
+                    self._hold(item)
+                else:
+                    self._receiver.message_received(item)
             else:
                 self._control(item)
+
+    def _hold(self, data: bytes) -> None:
+        self._held.append(data)
+        self._held_size += len(data)
+        if self._held_size > MAX_HELD:
+            log.warning("WebSocket from %s: %d bytes arrived before the session was ready; dropped",
+                        self.peer, self._held_size)
+            self._held.clear()
+            self.abort()
 
     def _control(self, frame: Control) -> None:
         assert self._transport is not None

@@ -12,7 +12,7 @@ import ssl
 import struct
 from dataclasses import dataclass
 
-from batchtunnel.wire import Connection, Side
+from batchtunnel.wire import Connection, Settings, Side
 from batchtunnel.wire.frames import HEADER, FrameType, decode_goaway, encode_open, encode_u32, header
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -94,7 +94,7 @@ class HostileAgent:
                           response.headers.get("Retry-After")) from None
         agent = cls(ws)
         if hello:
-            await ws.send(Connection(Side.AGENT).data_to_send())
+            await ws.send(Connection(Side.AGENT, Settings(features=())).data_to_send())  # the base protocol
             frames = await agent.frames_until(lambda f: f.type == FrameType.HELLO)
             assert frames[-1].type == FrameType.HELLO
         return agent

@@ -1,6 +1,9 @@
-"""A TCP relay that can go silent: it stops moving bytes without closing anything.
+"""A TCP relay that can go silent, be cut, or refuse connections.
 
-That is what a dead NAT mapping or a pulled cable looks like to both ends.
+Silent (``freeze``): it stops moving bytes without closing anything, which is what a dead NAT
+mapping or a pulled cable looks like to both ends. Cut (``cut``): every connection through it is
+reset, as a proxy that kills long-lived WebSockets does. Down (``down``): new connections are reset
+at once, until ``up``.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ class FreezableLink:
         self._server: asyncio.Server | None = None
         self._frozen: list[asyncio.Event] = []  # one 'thawed' event per connection
         self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
         self.connections = 0
+        self.refusing = False
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -27,7 +32,26 @@ class FreezableLink:
         for thawed in self._frozen:
             thawed.clear()
 
+    def cut(self) -> int:
+        """Reset every connection through the relay, both ways. Returns how many sockets were reset."""
+        writers = list(self._writers)
+        for writer in writers:
+            writer.transport.abort()
+        return len(writers)
+
+    def down(self) -> None:
+        """Cut everything and reset new connections until ``up()``."""
+        self.refusing = True
+        self.freeze()
+        self.cut()
+
+    def up(self) -> None:
+        self.refusing = False
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refusing:
+            writer.transport.abort()
+            return
         self.connections += 1
         thawed = asyncio.Event()
         thawed.set()
@@ -37,6 +61,7 @@ class FreezableLink:
         except OSError:
             writer.close()
             return
+        self._writers.update((writer, up_writer))
         pumps = [asyncio.ensure_future(self._pump(reader, up_writer, thawed)),
                  asyncio.ensure_future(self._pump(up_reader, writer, thawed))]
         self._tasks.update(pumps)
@@ -44,6 +69,8 @@ class FreezableLink:
             await asyncio.gather(*pumps, return_exceptions=True)
         finally:
             self._tasks.difference_update(pumps)
+            self._writers.difference_update((writer, up_writer))
+            self._frozen.remove(thawed)
             writer.close()
             up_writer.close()
 

@@ -73,6 +73,7 @@ async def test_heartbeat_detects_a_silently_dead_link(broker: BrokerProcess, pro
             15, "a new agent connection",
         )
         assert link.connections >= 2
+        assert broker.tunnel(tunnel["id"])["agent"]["resumes"] >= 1  # the session went on over it
         assert await asyncio.wait_for(client.echo(port, b"y"), 10) == b"y"
     finally:
         await link.close()
