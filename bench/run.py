@@ -22,8 +22,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -224,17 +226,37 @@ def setup_batchtunnel(procs: Procs, workdir: Path, target: int, loop: str,
     agent = procs.start(f"agent-{loop}-{agent_loop}", [
         BT, "agent", "--url", f"wss://localhost:{agent_port}/agent", "--cafile", str(pki / "ca.pem"),
         "--event-loop", agent_loop, "--log-level", "WARNING"], {"BATCHTUNNEL_TOKEN": tunnel["token"]})
-    deadline = time.monotonic() + 20
-    while not client.tunnel(tunnel["id"])["agent"]["connected"]:
-        if time.monotonic() > deadline:
-            raise RuntimeError("agent did not connect")
-        time.sleep(0.05)
+    wait_agent(client, tunnel["id"])
     port = client.expose(tunnel["id"], 0, target)["port"]
     info = {"client": client, "broker_pid": broker.pid, "agent_url": f"wss://localhost:{agent_port}/agent",
             "ca": str(pki / "ca.pem")}
     name = "defaults: broker uvloop, agent asyncio" if (loop, agent_loop) == ("uvloop", "asyncio") else \
         f"broker {loop}, agent {agent_loop}"
     return PathUnderTest(f"batchtunnel, TLS ({name})", port, [broker.pid, agent.pid]), info
+
+
+def wait_agent(client: Any, tunnel_id: str, timeout: float = 20) -> None:
+    """Until the broker says the tunnel's agent is connected."""
+    deadline = time.monotonic() + timeout
+    while not client.tunnel(tunnel_id)["agent"]["connected"]:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the agent of {tunnel_id} did not connect within {timeout:.0f} s")
+        time.sleep(0.05)
+
+
+def repeat(rounds: int, measure: Callable[[], dict[str, float]], label: str) -> list[dict[str, float]]:
+    """``measure()`` ``rounds`` times, printing each result."""
+    runs = []
+    for r in range(rounds):
+        runs.append(measure())
+        print(f"{label} {r + 1}: {runs[-1]}", flush=True)
+    return runs
+
+
+def median_cell(runs: list[dict[str, float]], key: str, fmt: str) -> str:
+    """``median (min-max)`` of one figure over the runs."""
+    values = [r[key] for r in runs]
+    return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
 
 
 def rss_kib(pid: int) -> int:

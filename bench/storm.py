@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import BT, PY, ROOT, Procs, free_port, wait_port, write_docs
+from run import BT, PY, ROOT, Procs, free_port, median_cell, repeat, wait_port, write_docs
 
 sys.path.insert(0, str(ROOT))
 from batchtunnel.broker.client import BrokerClient
@@ -111,8 +111,7 @@ def wait_for(condition, timeout: float, what: str) -> None:  # type: ignore[no-u
 
 def render(runs: list[dict[str, float]]) -> str:
     def cell(key: str, fmt: str = ".1f") -> str:
-        values = [r[key] for r in runs]
-        return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
+        return median_cell(runs, key, fmt)
 
     return "\n".join([
         f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, {os.cpu_count()} CPUs; "
@@ -132,10 +131,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
-    runs = []
-    for r in range(args.rounds):
-        runs.append(storm(args.agents))
-        print(f"storm {r + 1}: {runs[-1]}", flush=True)
+    runs = repeat(args.rounds, lambda: storm(args.agents), "storm")
     table = render(runs)
     print(table)
     if args.write_docs:
