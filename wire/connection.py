@@ -278,7 +278,8 @@ class Connection:
         if stream is None or self.state is State.CLOSED:
             return
         self._remove(stream)
-        self._queue(FrameType.RESET, 0, stream_id, frames.encode_u32(code))  # after a drop: RESUME says it
+        # Lost with a dropped link, it is sent again: the peer's RESUME still lists the stream (§9.3).
+        self._queue(FrameType.RESET, 0, stream_id, frames.encode_u32(code))
 
     def acknowledge_received(self, stream_id: int, length: int) -> None:
         """Report that ``length`` bytes of a stream's data were delivered locally.

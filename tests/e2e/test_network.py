@@ -18,7 +18,7 @@ import pytest
 
 from tests.support.hub import JOBENV, Hub
 from tests.support.kernel import kernel
-from tests.support.processes import BIN, ProcessGroup, wait_until
+from tests.support.processes import BIN, ProcessGroup, reset_connections, wait_until
 from tests.support.tunnel import BrokerProcess, Pki
 
 from .conftest import HUB_SIDE, REQUIREMENTS, empty_queue
@@ -112,6 +112,33 @@ async def test_a_10_s_cut_is_survived_by_a_download_and_an_idle_kernel_websocket
     agent = broker.tunnel(tunnel["id"])["agent"]
     assert agent["connected"] and agent["resumes"] >= 1, agent
     assert len(squeue().splitlines()) == 1
+
+
+async def test_a_killed_websocket_is_resumed_with_shipped_settings(stack: tuple[Hub, BrokerProcess]) -> None:
+    """No tuning: a reset is noticed at once and the session resumes within the default grace."""
+    hub, broker = stack
+    assert spawn(hub, "btslurm1")[-1].get("ready")
+    (tunnel,) = broker.client.tunnels()
+    token = user_token(hub, "btslurm1")
+    base = f"http://127.0.0.1:{hub.port}/user/btslurm1"
+    size = 64 * 1024 * 1024
+    async with aiohttp.ClientSession(headers={"Authorization": f"token {token}"}) as http:
+        async with kernel(http, base) as k:
+            digest = await k.execute(
+                f"import hashlib, os; data = os.urandom({size}); open('big.bin', 'wb').write(data); "
+                "hashlib.sha256(data).hexdigest()", timeout=120)
+            async with http.get(f"{base}/files/big.bin") as download:
+                received = hashlib.sha256(await download.content.readexactly(1024 * 1024))
+                # The agent's WebSocket is reset from the node's side, as a proxy killing it would.
+                assert reset_connections(HUB_SIDE, broker.agent_port, netns="btnode") == 1
+                while chunk := await download.content.read(1024 * 1024):
+                    received.update(chunk)
+            assert repr(received.hexdigest()) == digest
+            assert await k.execute("6 * 7") == "42"  # the same WebSocket
+    await asyncio.to_thread(wait_until, lambda: broker.tunnel(tunnel["id"])["agent"]["resumes"] >= 1, 30,
+                            "the broker to count the resume")
+    hub.api("DELETE", "/hub/api/users/btslurm1/server")
+    await asyncio.to_thread(wait_until, lambda: squeue() == "", 30, "the job to leave squeue")
 
 
 @pytest.mark.parametrize("drop_stack", [5], indirect=True)

@@ -131,3 +131,13 @@ class ProcessGroup:
                 print(f"cleanup {cleanup} failed: {exc!r}")
         for proc in reversed(self.procs):
             proc.stop()
+
+
+def reset_connections(host: str, port: int, netns: str | None = None) -> int:
+    """Destroy the established TCP connections to ``host:port`` made from this namespace (or ``netns``),
+    with ``ss -K`` (root): the far end gets a reset, as when a proxy or NAT kills them. Returns how many."""
+    argv = ["ss", "-K", "-t", "state", "established", "dst", host, "dport", "=", str(port)]
+    if netns is not None:
+        argv = ["nsenter", f"--net=/run/netns/{netns}", *argv]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    return sum(1 for line in out.splitlines() if line.strip() and not line.startswith(("Netid", "Recv-Q")))

@@ -200,6 +200,7 @@ def raw(type_: FrameType, sid: int, payload: bytes = b"", flags: int = 0) -> byt
 
 
 def handshaken(side: Side = Side.AGENT) -> Connection:
+    """A connection whose peer speaks the base protocol (no optional feature): the frames below are v1's."""
     conn = Connection(side)
     conn.receive_data(raw(FrameType.HELLO, 0, encode_hello(Settings(features=()))))
     conn.events_received()
