@@ -7,8 +7,9 @@ The agents run in one process (bench/idle_agents.py) with the shipped reconnect 
 its shipped limits (256 connections waiting to authenticate at most). Figures: seconds from the
 restart until every agent is connected again; each agent's reconnect delay (its connected_since minus
 the restart), p50/p99/max; the restarted broker's peak RSS (VmHWM) and peak descriptors; connections
-it refused at the accept (the cap) and failed authentications. Results go to docs/benchmarks.md
-between the storm markers.
+it refused at the accept (the cap) and failed authentications. Then every agent's TCP connection is
+reset at the same instant (``ss -K``, root): seconds until all 500 sessions are resumed, and the
+broker's peak RSS after that. Results go to docs/benchmarks.md between the storm markers.
 """
 
 from __future__ import annotations
@@ -86,13 +87,24 @@ def storm(agents: int) -> dict[str, float]:
         all_back = time.time() - restart
         delays = sorted(t["agent"]["connected_since"] - restart for t in client.tunnels())
         m = metrics(client)
+        peak_rss = status_value(broker.pid, "VmHWM") / 1024
+
+        reset = time.time()
+        subprocess.run(["ss", "-K", "-t", "state", "established", "dst", "127.0.0.1", "dport", "=",
+                        str(agent_port)], check=True, stdout=subprocess.DEVNULL)
+        wait_for(lambda: metrics(client)["batchtunnel_resumes_total"] >= agents, 300, "every session to resume")
+        all_resumed = time.time() - reset
+        if metrics(client)["batchtunnel_agents_connected"] != agents:
+            raise RuntimeError("not every agent is connected after the resumes")
         return {
             "agents": agents,
             "all_back_s": all_back,
             "p50_s": statistics.median(delays),
             "p99_s": delays[int(len(delays) * 0.99) - 1],
             "max_s": delays[-1],
-            "peak_rss_mib": status_value(broker.pid, "VmHWM") / 1024,
+            "peak_rss_mib": peak_rss,
+            "all_resumed_s": all_resumed,
+            "peak_rss_after_resume_mib": status_value(broker.pid, "VmHWM") / 1024,
             "peak_fds": peak_fds,
             "refused_crowd": m['batchtunnel_refused_total{cause="crowd"}'],
             "refused_blocked": m['batchtunnel_refused_total{cause="blocked"}'],
@@ -118,10 +130,12 @@ def render(runs: list[dict[str, float]]) -> str:
         f"{len(runs)} storms of {runs[0]['agents']:.0f} agents, median (min-max). Shipped settings on both sides.",
         "",
         "| all back, s | agent reconnect p50, s | p99, s | max, s | broker peak RSS MiB | broker peak fds "
-        "| refused at accept (cap) | refused for failures |",
-        "|---|---|---|---|---|---|---|---|",
+        "| refused at accept (cap) | refused for failures | links reset at once: all resumed, s "
+        "| broker peak RSS after, MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
         f"| {cell('all_back_s')} | {cell('p50_s')} | {cell('p99_s')} | {cell('max_s')} | {cell('peak_rss_mib', '.0f')} "
-        f"| {cell('peak_fds', '.0f')} | {cell('refused_crowd', '.0f')} | {cell('refused_blocked', '.0f')} |",
+        f"| {cell('peak_fds', '.0f')} | {cell('refused_crowd', '.0f')} | {cell('refused_blocked', '.0f')} "
+        f"| {cell('all_resumed_s')} | {cell('peak_rss_after_resume_mib', '.0f')} |",
     ])
 
 
