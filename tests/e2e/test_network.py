@@ -8,7 +8,6 @@ a node that stays lost ends the server with a reason the user sees.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ from tests.support.processes import BIN, ProcessGroup, reset_connections, wait_u
 from tests.support.tunnel import BrokerProcess, Pki
 
 from .conftest import HUB_SIDE, REQUIREMENTS, empty_queue
-from .test_slurm import spawn, squeue, user_token
+from .test_slurm import download_across, notebook_file, spawn, squeue, user_token
 
 pytestmark = REQUIREMENTS
 
@@ -92,20 +91,16 @@ async def test_a_10_s_cut_is_survived_by_a_download_and_an_idle_kernel_websocket
     size = 100 * 1024 * 1024
     async with aiohttp.ClientSession(headers={"Authorization": f"token {token}"}) as http:
         async with kernel(http, base) as k:
-            digest = await k.execute(
-                f"import hashlib, os; data = os.urandom({size}); open('big.bin', 'wb').write(data); "
-                "hashlib.sha256(data).hexdigest()", timeout=120)
-            async with http.get(f"{base}/files/big.bin") as download:
-                assert download.status == 200
-                received = hashlib.sha256(await download.content.readexactly(1024 * 1024))
+            digest = await notebook_file(k, size)
+
+            async def cut_for_10_s() -> None:
                 link("down")  # silently: no FIN, no RST reaches either side
                 await asyncio.to_thread(wait_until, lambda: broker.tunnel(tunnel["id"])["agent"]["suspended"],
                                         8, "the broker to declare the link dead and hold the session")
                 await asyncio.sleep(10 - 4)  # the rest of the 10 s cut: the test's subject, not a wait
                 link("up")
-                while chunk := await download.content.read(1024 * 1024):
-                    received.update(chunk)
-            assert repr(received.hexdigest()) == digest
+
+            assert await download_across(http, base, cut_for_10_s) == digest
             # The kernel's WebSocket, idle through the cut, is the same connection and still answers.
             assert not k.ws.closed
             assert await k.execute("6 * 7") == "42"
@@ -124,16 +119,12 @@ async def test_a_killed_websocket_is_resumed_with_shipped_settings(stack: tuple[
     size = 64 * 1024 * 1024
     async with aiohttp.ClientSession(headers={"Authorization": f"token {token}"}) as http:
         async with kernel(http, base) as k:
-            digest = await k.execute(
-                f"import hashlib, os; data = os.urandom({size}); open('big.bin', 'wb').write(data); "
-                "hashlib.sha256(data).hexdigest()", timeout=120)
-            async with http.get(f"{base}/files/big.bin") as download:
-                received = hashlib.sha256(await download.content.readexactly(1024 * 1024))
-                # The agent's WebSocket is reset from the node's side, as a proxy killing it would.
+            digest = await notebook_file(k, size)
+
+            async def kill_the_websocket() -> None:  # from the node's side, as a proxy killing it would
                 assert reset_connections(HUB_SIDE, broker.agent_port, netns="btnode") == 1
-                while chunk := await download.content.read(1024 * 1024):
-                    received.update(chunk)
-            assert repr(received.hexdigest()) == digest
+
+            assert await download_across(http, base, kill_the_websocket) == digest
             assert await k.execute("6 * 7") == "42"  # the same WebSocket
     await asyncio.to_thread(wait_until, lambda: broker.tunnel(tunnel["id"])["agent"]["resumes"] >= 1, 30,
                             "the broker to count the resume")

@@ -17,14 +17,14 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from tests.support.hub import Hub, ensure_user
-from tests.support.kernel import kernel, run_code
+from tests.support.kernel import Kernel, kernel, run_code
 from tests.support.processes import ProcessGroup, free_port, port_open, wait_until
 from tests.support.tunnel import BrokerProcess, Pki
 
@@ -72,6 +72,25 @@ async def execute(hub: Hub, user: str, token: str, code: str) -> str:
         return await run_code(http, f"http://127.0.0.1:{hub.port}/user/{user}", code)
 
 
+async def notebook_file(k: Kernel, size: int) -> str:
+    """Write ``size`` random bytes to big.bin in the notebook's directory; returns the kernel's repr of
+    their sha256 hex."""
+    return await k.execute(f"import hashlib, os; data = os.urandom({size}); open('big.bin', 'wb').write(data); "
+                           "hashlib.sha256(data).hexdigest()", timeout=120)
+
+
+async def download_across(http: aiohttp.ClientSession, base: str, meanwhile: Callable[[], Awaitable[None]]) -> str:
+    """Download big.bin through the hub's proxy; after its first MiB, await ``meanwhile()`` (the
+    disruption under test); returns the repr of the sha256 hex of everything received."""
+    async with http.get(f"{base}/files/big.bin") as download:
+        assert download.status == 200
+        received = hashlib.sha256(await download.content.readexactly(1024 * 1024))
+        await meanwhile()
+        while chunk := await download.content.read(1024 * 1024):
+            received.update(chunk)
+    return repr(received.hexdigest())
+
+
 async def test_a_notebook_on_a_firewalled_slurm_node(stack: tuple[Hub, BrokerProcess]) -> None:
     hub, broker = stack
     events = spawn(hub, "btslurm1")
@@ -116,19 +135,14 @@ async def test_a_notebook_lives_through_hub_and_broker_restarts(stack: tuple[Hub
     size = 100 * 1024 * 1024
     async with aiohttp.ClientSession(headers={"Authorization": f"token {token}"}) as http:
         async with kernel(http, base) as k:
-            digest = await k.execute(
-                f"import hashlib, os; data = os.urandom({size}); open('big.bin', 'wb').write(data); "
-                "hashlib.sha256(data).hexdigest()", timeout=120)
-            async with http.get(f"{base}/files/big.bin") as download:
-                assert download.status == 200
-                received = hashlib.sha256(await download.content.readexactly(1024 * 1024))
-                # kill -9 the hub mid-download, with the kernel's WebSocket open.
+            digest = await notebook_file(k, size)
+
+            async def restart_hub() -> None:  # kill -9 mid-download, with the kernel's WebSocket open
                 hub.kill9()
                 assert await k.execute("2 + 3") == "5"  # while the hub is down
                 await asyncio.to_thread(hub.start)
-                while chunk := await download.content.read(1024 * 1024):
-                    received.update(chunk)
-            assert repr(received.hexdigest()) == digest
+
+            assert await download_across(http, base, restart_hub) == digest
             assert await k.execute("6 * 7") == "42"  # the same WebSocket after the restart
         await asyncio.to_thread(wait_until, lambda: hub.api("GET", "/hub/api/users/btslurm5")[1]["servers"]
                                 .get("", {}).get("ready"), 60, "the restarted hub to find the server running")

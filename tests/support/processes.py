@@ -50,6 +50,22 @@ async def eventually(condition: Callable[[], Any], timeout: float, what: str, in
         await asyncio.sleep(interval)
 
 
+async def eventually_threaded(predicate: Callable[[], Any], timeout: float, what: str) -> None:
+    """``eventually`` for a predicate that blocks (an API call, a log read): it runs in a thread, so the
+    test's event loop (a relay, in-process agents) keeps running; exceptions count as "not yet"."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            if await asyncio.to_thread(predicate):
+                return
+        except Exception:
+            pass
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.5):

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from tests.support.link import FreezableLink
-from tests.support.processes import BIN, ProcessGroup, free_port, port_open, wait_until
+from tests.support.processes import BIN, ProcessGroup, eventually_threaded, free_port, port_open, wait_until
 from tests.support.tunnel import ADMIN_TOKEN, BrokerProcess, Pki, target_server
 
 from . import client
@@ -61,14 +61,14 @@ async def test_heartbeat_detects_a_silently_dead_link(broker: BrokerProcess, pro
              "--backoff-initial", "0.2", "--backoff-max", "1"],
             env={"BATCHTUNNEL_TOKEN": tunnel["token"]},
         )
-        await _until(lambda: broker.agent_connected(tunnel["id"]), 15, "the agent to connect")
+        await eventually_threaded(lambda: broker.agent_connected(tunnel["id"]), 15, "the agent to connect")
         port = broker.client.expose(tunnel["id"], 0, target_port)["port"]
         first = broker.tunnel(tunnel["id"])["agent"]["connected_since"]
         assert await client.echo(port, b"x") == b"x"
 
         link.freeze()  # nothing moves any more, yet no connection is closed
-        await _until(lambda: "nothing heard" in agent.log(), 10, "the agent's heartbeat to notice")
-        await _until(
+        await eventually_threaded(lambda: "nothing heard" in agent.log(), 10, "the agent's heartbeat to notice")
+        await eventually_threaded(
             lambda: broker.tunnel(tunnel["id"])["agent"]["connected_since"] not in (None, first),
             15, "a new agent connection",
         )
@@ -77,21 +77,6 @@ async def test_heartbeat_detects_a_silently_dead_link(broker: BrokerProcess, pro
         assert await asyncio.wait_for(client.echo(port, b"y"), 10) == b"y"
     finally:
         await link.close()
-
-
-async def _until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    """Like wait_until, but lets this event loop run (the link lives in it)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        try:
-            if predicate():
-                return
-        except Exception:
-            pass
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def test_agent_wraps_command_forwards_sigterm_and_exits_with_its_status(

@@ -4,13 +4,13 @@ the link between them a relay the test cuts."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from tests.support.link import FreezableLink
-from tests.support.processes import ProcessGroup
+from tests.support.processes import BIN, ProcessGroup, eventually_threaded
 from tests.support.tunnel import BrokerProcess, Pki, target_server
 
 from . import client
@@ -30,7 +30,7 @@ async def relayed_agent(broker: BrokerProcess, procs: ProcessGroup, *extra: str)
     try:
         procs.start("agent", [*_agent_argv(broker, link.port), *FAST_DETECTION, *extra],
                     env={"BATCHTUNNEL_TOKEN": tunnel["token"]})
-        await api_until(lambda: broker.agent_connected(tunnel["id"]), 15, "the agent to connect")
+        await eventually_threaded(lambda: broker.agent_connected(tunnel["id"]), 15, "the agent to connect")
         port = broker.client.expose(tunnel["id"], 0, target_port)["port"]
         yield link, tunnel, port
     finally:
@@ -38,23 +38,7 @@ async def relayed_agent(broker: BrokerProcess, procs: ProcessGroup, *extra: str)
 
 
 def _agent_argv(broker: BrokerProcess, port: int) -> list[str]:
-    from tests.support.processes import BIN
     return [str(BIN / "batchtunnel"), "agent", "--url", f"wss://localhost:{port}/agent", "--cafile", broker.pki.ca]
-
-
-async def api_until(predicate: Callable[[], Any], timeout: float, what: str) -> None:
-    """Wait for ``predicate`` (which may call the broker's API) without blocking the relay's loop."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        try:
-            if await asyncio.to_thread(predicate):
-                return
-        except Exception:
-            pass
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def open_echo(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -72,14 +56,14 @@ async def test_transfers_and_an_idle_connection_survive_cuts_of_the_agent_link(
         idle = await open_echo(port)
         download = asyncio.ensure_future(client.download(port, 96 * 1024 * 1024))
         upload = asyncio.ensure_future(client.upload(port, 48 * 1024 * 1024))
-        await api_until(lambda: broker.metrics()["batchtunnel_agent_bytes_total{direction=\"in\"}"] > 8e6, 30,
+        await eventually_threaded(lambda: broker.metrics()["batchtunnel_agent_bytes_total{direction=\"in\"}"] > 8e6, 30,
                         "data to flow")
         for outage in (0.0, 2.0):  # reset at once, then down for 2 s (redials fail meanwhile)
             assert link.cut() >= 2
             link.down()
             await asyncio.sleep(outage)  # the outage itself: the test's subject, not a synchronisation
             link.up()
-            await api_until(lambda: broker.tunnel(tunnel["id"])["agent"]["connected"], 15, "the agent to return")
+            await eventually_threaded(lambda: broker.agent_connected(tunnel["id"]), 15, "the agent to return")
         expected, got, size = await asyncio.wait_for(download, 120)
         assert (got, size) == (expected, 96 * 1024 * 1024)
         sent, reported = await asyncio.wait_for(upload, 120)
@@ -101,7 +85,7 @@ async def test_connections_made_while_the_agent_is_away_wait_for_it(
 ) -> None:
     async with relayed_agent(broker, procs) as (link, tunnel, port):
         link.down()
-        await api_until(lambda: broker.tunnel(tunnel["id"])["agent"]["suspended"], 15, "the broker to notice")
+        await eventually_threaded(lambda: broker.tunnel(tunnel["id"])["agent"]["suspended"], 15, "the broker to notice")
         waiting = asyncio.ensure_future(client.echo(port, b"patience"))
         await asyncio.sleep(1.0)  # the outage
         assert not waiting.done()
@@ -125,6 +109,6 @@ async def test_past_the_grace_period_streams_are_reset_and_new_connections_work(
         writer.close()
         assert "its 1 streams are reset" in broker.proc.log()  # type: ignore[union-attr]
         link.up()
-        await api_until(lambda: broker.tunnel(tunnel["id"])["agent"]["connected"], 15, "the agent to return")
+        await eventually_threaded(lambda: broker.agent_connected(tunnel["id"]), 15, "the agent to return")
         assert await asyncio.wait_for(client.echo(port, b"fresh"), 10) == b"fresh"
         assert (await asyncio.to_thread(broker.tunnel, tunnel["id"]))["agent"]["resumes"] == 0
