@@ -244,7 +244,11 @@ class TunnelSession:
     def link_lost(self) -> None:
         if self._beat is not None:
             self._beat.cancel()
-        if self.closed is None and self._grace > 0 and not self._over.done() and self.conn.suspend():
+        # A WebSocket the peer closed on purpose (a CLOSE frame) ends the session: resumption is for
+        # transports that die, not for peers that leave.
+        deliberate = self.link.close_code is not None
+        if (self.closed is None and self._grace > 0 and not deliberate and not self._over.done()
+                and self.conn.suspend()):
             self.suspended_since = time.time()
             self._grace_timer = self._loop.call_later(self._grace, self._grace_expired)
             log.info("session %s: link lost; its %d streams wait up to %.0f s for a new link",
@@ -400,7 +404,7 @@ class TunnelSession:
                 self.closed = SessionClosed(event.code, event.reason)
                 if event.local and self.conn.error is not None:
                     log.warning("session %s: peer broke the protocol: %s", self.name, event.reason)
-                if self.suspended_since is not None and not self._over.done():
+                if self._link_down.done() and not self._over.done():
                     self._over.set_result(None)  # no link to close
         self._kick()
 

@@ -53,6 +53,8 @@ def arena(module_procs: ProcessGroup, pki: Pki, tmp_path_factory: pytest.TempPat
         "--handshake-timeout", str(HANDSHAKE_TIMEOUT), "--max-unauthenticated", str(MAX_UNAUTHENTICATED),
         "--auth-failure-limit", str(AUTH_FAILURE_LIMIT), "--auth-block-max", "30",
         "--max-streams", str(MAX_STREAMS),
+        # A session the hostile agent abandons mid-resumption is held this long, then the baseline returns.
+        "--resume-grace", "3",
     )
     _, target_port = target_server(module_procs)
     healthy = broker.client.create_tunnel("healthy")

@@ -72,11 +72,14 @@ class HostileAgent:
         self._pending = bytearray()
         self._frames: collections.deque[Frame] = collections.deque()
         self.goaway: int | None = None  # the code of the last GOAWAY received
+        self.session_id = ""  # what the broker's 101 named the session
 
     @classmethod
     async def open(cls, url: str, token: str | None, cafile: str, source: str = "127.0.0.1",
-                   hello: bool = True, headers: dict[str, str] | None = None) -> HostileAgent:
-        """Upgrade (with ``token`` if given) from ``source``, then exchange HELLOs unless told not to.
+                   hello: bool = True, headers: dict[str, str] | None = None,
+                   resume: bool = False) -> HostileAgent:
+        """Upgrade (with ``token`` if given) from ``source``, then exchange HELLOs unless told not to;
+        with ``resume``, the HELLO offers the resume feature (else the base protocol).
 
         Raises:
             Refused: the broker answered the upgrade with another status than 101.
@@ -93,8 +96,10 @@ class HostileAgent:
             raise Refused(response.status_code, (response.body or b"").decode().strip(),
                           response.headers.get("Retry-After")) from None
         agent = cls(ws)
+        agent.session_id = ws.response.headers.get("Batchtunnel-Session", "")
         if hello:
-            await ws.send(Connection(Side.AGENT, Settings(features=())).data_to_send())  # the base protocol
+            settings = Settings() if resume else Settings(features=())
+            await ws.send(Connection(Side.AGENT, settings).data_to_send())
             frames = await agent.frames_until(lambda f: f.type == FrameType.HELLO)
             assert frames[-1].type == FrameType.HELLO
         return agent

@@ -15,6 +15,7 @@ import ssl
 import pytest
 from batchtunnel.wire import ErrorCode
 from batchtunnel.wire.frames import FrameType, header
+from batchtunnel.wire.resume import ResumeEntry, encode_resume
 
 from .conftest import (
     AUTH_FAILURE_LIMIT,
@@ -25,7 +26,7 @@ from .conftest import (
     eventually,
     healthy_traffic,
 )
-from .hostile import Frame, HostileAgent, Refused, data_frame, open_frame, reset_code
+from .hostile import Frame, HostileAgent, Refused, data_frame, frame, open_frame, reset_code
 
 MAX_FRAME = 256 * 1024
 INITIAL_WINDOW = 256 * 1024
@@ -102,6 +103,38 @@ async def test_a_protocol_violation_ends_only_the_offenders_session(arena: Arena
         goaway, close_code = await agent.closed_with()
         if writer is not None:
             writer.close()
+    assert (goaway, close_code) == (code, 4000 + code)
+    await back_to_baseline(arena)
+    assert await arena_is_usable(arena)
+
+
+@pytest.mark.parametrize("case, code", [
+    ("data before its RESUME", ErrorCode.PROTOCOL_ERROR),
+    ("a RESUME naming a stream never opened", ErrorCode.PROTOCOL_ERROR),
+    ("a truncated RESUME", ErrorCode.PROTOCOL_ERROR),
+    ("a RESUME on a new session", ErrorCode.PROTOCOL_ERROR),
+])
+async def test_a_hostile_resumption_ends_only_the_offenders_session(arena: Arena, case: str, code: int) -> None:
+    """An agent with the tunnel's token drops its link and comes back naming its session (or another),
+    then breaks the resumption."""
+    async with healthy_traffic(arena):
+        first = await HostileAgent.open(arena.url, arena.hostile_token, arena.ca, resume=True)
+        assert first.session_id
+        first.ws.transport.abort()  # the link dies: the broker holds the session
+        await eventually(lambda: arena.broker.metrics()["batchtunnel_agents_suspended"] == 1, 15,
+                         "the broker to hold the session")
+        named = "f" * 32 if case == "a RESUME on a new session" else first.session_id
+        agent = await HostileAgent.open(arena.url, arena.hostile_token, arena.ca, hello=False,
+                                        headers={"Batchtunnel-Session": named})
+        assert (agent.session_id == named) == (case != "a RESUME on a new session")
+        record = encode_resume(0, [ResumeEntry(99, 0, 65536, False, False)], MAX_FRAME)[0]
+        await agent.send({
+            "data before its RESUME": data_frame(2, b"early"),
+            "a RESUME naming a stream never opened": frame(FrameType.RESUME, 0, record, flags=1),
+            "a truncated RESUME": frame(FrameType.RESUME, 0, record[:-3], flags=1),
+            "a RESUME on a new session": frame(FrameType.RESUME, 0, encode_resume(0, [], MAX_FRAME)[0], flags=1),
+        }[case])
+        goaway, close_code = await agent.closed_with()
     assert (goaway, close_code) == (code, 4000 + code)
     await back_to_baseline(arena)
     assert await arena_is_usable(arena)
