@@ -244,11 +244,9 @@ class TunnelSession:
     def link_lost(self) -> None:
         if self._beat is not None:
             self._beat.cancel()
-        # A WebSocket the peer closed on purpose (a CLOSE frame) ends the session: resumption is for
-        # transports that die, not for peers that leave.
-        deliberate = self.link.close_code is not None
-        if (self.closed is None and self._grace > 0 and not deliberate and not self._over.done()
-                and self.conn.suspend()):
+        # A peer that leaves on purpose says so with GOAWAY (the session is closed by then). A bare
+        # WebSocket close is treated as a lost transport: proxies that kill WebSockets send one too.
+        if self.closed is None and self._grace > 0 and not self._over.done() and self.conn.suspend():
             self.suspended_since = time.time()
             self._grace_timer = self._loop.call_later(self._grace, self._grace_expired)
             log.info("session %s: link lost; its %d streams wait up to %.0f s for a new link",
