@@ -21,7 +21,7 @@ from tests.support.processes import BIN, ProcessGroup, reset_connections, wait_u
 from tests.support.tunnel import BrokerProcess, Pki
 
 from .conftest import HUB_SIDE, REQUIREMENTS, empty_queue
-from .test_slurm import download_across, notebook_file, spawn, squeue, user_token
+from .test_slurm import download_across, notebook_file, spawn, squeue, user_http
 
 pytestmark = REQUIREMENTS
 
@@ -86,10 +86,9 @@ async def test_a_10_s_cut_is_survived_by_a_download_and_an_idle_kernel_websocket
     hub, broker = drop_stack
     assert spawn(hub, "btslurm8")[-1].get("ready")
     (tunnel,) = broker.client.tunnels()
-    token = user_token(hub, "btslurm8")
-    base = f"http://127.0.0.1:{hub.port}/user/btslurm8"
+    http, base = user_http(hub, "btslurm8")
     size = 100 * 1024 * 1024
-    async with aiohttp.ClientSession(headers={"Authorization": f"token {token}"}) as http:
+    async with http:
         async with kernel(http, base) as k:
             digest = await notebook_file(k, size)
 
@@ -114,10 +113,9 @@ async def test_a_killed_websocket_is_resumed_with_shipped_settings(stack: tuple[
     hub, broker = stack
     assert spawn(hub, "btslurm1")[-1].get("ready")
     (tunnel,) = broker.client.tunnels()
-    token = user_token(hub, "btslurm1")
-    base = f"http://127.0.0.1:{hub.port}/user/btslurm1"
+    http, base = user_http(hub, "btslurm1")
     size = 64 * 1024 * 1024
-    async with aiohttp.ClientSession(headers={"Authorization": f"token {token}"}) as http:
+    async with http:
         async with kernel(http, base) as k:
             digest = await notebook_file(k, size)
 
@@ -138,9 +136,8 @@ async def test_a_cut_longer_than_the_grace_period_resets_cleanly_and_new_connect
     hub, broker = drop_stack
     assert spawn(hub, "btslurm6")[-1].get("ready")
     (tunnel,) = broker.client.tunnels()
-    token = user_token(hub, "btslurm6")
-    base = f"http://127.0.0.1:{hub.port}/user/btslurm6"
-    async with aiohttp.ClientSession(headers={"Authorization": f"token {token}"}) as http:
+    http, base = user_http(hub, "btslurm6")
+    async with http:
         async with kernel(http, base, delete=False) as k:  # no way to delete it while the link is down
             assert await k.execute("1 + 1") == "2"
             link("down")

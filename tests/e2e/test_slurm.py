@@ -51,6 +51,14 @@ def user_token(hub: Hub, user: str) -> str:
     return str(body["token"])
 
 
+def user_http(hub: Hub, user: str) -> tuple[aiohttp.ClientSession, str]:
+    """An HTTP client carrying a token of ``user`` (use it with ``async with``), and the URL of the
+    user's server through the hub's proxy."""
+    token = user_token(hub, user)
+    return (aiohttp.ClientSession(headers={"Authorization": f"token {token}"}),
+            f"http://127.0.0.1:{hub.port}/user/{user}")
+
+
 def get(hub: Hub, path: str, token: str, timeout: float = 30) -> bytes:
     req = urllib.request.Request(f"http://127.0.0.1:{hub.port}{path}")
     req.add_header("Authorization", f"token {token}")
@@ -130,10 +138,9 @@ async def test_a_notebook_lives_through_hub_and_broker_restarts(stack: tuple[Hub
     hub, broker = stack
     assert spawn(hub, "btslurm5")[-1].get("ready")
     (job,) = [line.split()[0] for line in squeue().splitlines()]
-    token = user_token(hub, "btslurm5")
-    base = f"http://127.0.0.1:{hub.port}/user/btslurm5"
+    http, base = user_http(hub, "btslurm5")
     size = 100 * 1024 * 1024
-    async with aiohttp.ClientSession(headers={"Authorization": f"token {token}"}) as http:
+    async with http:
         async with kernel(http, base) as k:
             digest = await notebook_file(k, size)
 
