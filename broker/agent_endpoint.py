@@ -145,6 +145,7 @@ class AgentEndpoint:
         tunnel.agent_address = link.peer
         tunnel.connected_since = time.time()
         self.resumes_total += 1
+        self.trimmer.soon()
 
     async def _serve(self, tunnel: Tunnel, session: TunnelSession, peer: str) -> None:
         """Run one agent's session (one task per agent: the heartbeat and HELLO deadline are timers)."""
@@ -212,6 +213,7 @@ class AgentEndpoint:
             log.info("tunnel %s: agent from %s replaces the one from %s", tunnel.id, peer, old.link.peer)
             old.close(ErrorCode.REPLACED, "another agent connected with this tunnel's credential")
         log.info("tunnel %s: agent connected from %s", tunnel.id, peer)
+        self.trimmer.soon()  # the handshakes' garbage (see broker/memory.py)
 
     async def close_all(self) -> None:
         for session in list(self.sessions):
