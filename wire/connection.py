@@ -448,11 +448,13 @@ class Connection:
                 self._queue(FrameType.WINDOW_UPDATE, Flag.FIN, sid, resume.encode_window_update(0, stream.received))
             self._events.append(StreamEnded(stream.id))
             self._maybe_remove(stream)
+        elif flags & Flag.CONFIRM and self._resume:  # the sender waits for room in its replay buffers
+            self._queue(FrameType.WINDOW_UPDATE, 0, sid, resume.encode_window_update(0, stream.received))
 
     def _on_window_update(self, sid: int, flags: int, payload: bytes) -> None:
         fin = bool(flags & Flag.FIN)
         if self._resume:
-            increment, received = resume.decode_window_update(payload, fin)
+            increment, received = resume.decode_window_update(payload)
         elif fin:
             raise ProtocolError("WINDOW_UPDATE with FIN needs the resume feature")
         else:
@@ -516,6 +518,9 @@ class Connection:
                 raise ProtocolError(f"RESUME lists stream {entry.stream_id} twice")
             listed[entry.stream_id] = entry
         self.state = State.OPEN
+        # Streams paused by the replay cap restart in the replay loop below, after their own replay:
+        # flushing them as the trims free room would send new bytes ahead of the missing ones.
+        self._starved.clear()
         replays: list[_Stream] = []
         for sid in sorted(listed):
             entry = listed[sid]
@@ -568,10 +573,12 @@ class Connection:
             if stream.id not in self._streams:
                 continue
             fin = stream.fin_sent and not stream.fin_acked
+            full = self._replay_bytes >= self.settings.session_window  # then ask for a confirmation
             chunks = list(stream.replay.chunks(max_frame))
             for i, chunk in enumerate(chunks):
-                last = fin and i == len(chunks) - 1
-                self._queue(FrameType.DATA, Flag.FIN if last else 0, stream.id, chunk)
+                final = i == len(chunks) - 1
+                flags = Flag.FIN if fin and final else Flag.CONFIRM if full and final else 0
+                self._queue(FrameType.DATA, flags, stream.id, chunk)
                 replayed += len(chunk)
             if fin and not chunks:
                 self._queue(FrameType.DATA, Flag.FIN, stream.id, b"")
@@ -613,7 +620,7 @@ class Connection:
         room = self.settings.session_window - self._replay_bytes if keep else window.credit
         while pending and window.credit > 0 and room > 0:
             chunk = pending[0]
-            n = min(len(chunk), window.credit, max_frame)
+            n = min(len(chunk), window.credit, max_frame, room)
             if n == len(chunk):
                 pending.popleft()
             else:
@@ -626,7 +633,10 @@ class Connection:
                 self._replay_bytes += n
                 room -= n
             last = not pending and not stream.send_open
-            self._out.append(HEADER.pack(FrameType.DATA, Flag.FIN if last else 0, sid, n))
+            flags = Flag.FIN if last else 0
+            if keep and room <= 0 and not last:
+                flags |= Flag.CONFIRM  # the replay buffers are full: ask the peer what arrived
+            self._out.append(HEADER.pack(FrameType.DATA, flags, sid, n))
             self._out.append(chunk)
             self._out_size += HEADER_SIZE + n
             if last:

@@ -59,12 +59,15 @@ class Flag(enum.IntFlag):
     peer's FIN and all data before it arrived. RESUME: the last frame of the record."""
     ACK = 0x1
     """PING: this is the answer to a PING with the same payload."""
+    CONFIRM = 0x2
+    """DATA (resume): the sender's replay buffers are full; answer at once with a WINDOW_UPDATE that
+    confirms what arrived (its increment may be 0)."""
 
 
 _ALLOWED_FLAGS = {
     FrameType.HELLO: 0,
     FrameType.OPEN: 0,
-    FrameType.DATA: Flag.FIN,
+    FrameType.DATA: Flag.FIN | Flag.CONFIRM,
     FrameType.RESET: 0,
     FrameType.WINDOW_UPDATE: Flag.FIN,
     FrameType.PING: Flag.ACK,

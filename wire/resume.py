@@ -93,8 +93,8 @@ def encode_window_update(increment: int, received: int) -> bytes:
     return _WINDOW_UPDATE.pack(increment, received)
 
 
-def decode_window_update(payload: bytes, fin: bool) -> tuple[int, int]:
-    """Parse a WINDOW_UPDATE payload under "resume". The increment may be 0 only with FIN.
+def decode_window_update(payload: bytes) -> tuple[int, int]:
+    """Parse a WINDOW_UPDATE payload under "resume". The increment may be 0: a confirmation only.
 
     Raises:
         ProtocolError: malformed.
@@ -102,7 +102,7 @@ def decode_window_update(payload: bytes, fin: bool) -> tuple[int, int]:
     if len(payload) != _WINDOW_UPDATE.size:
         raise ProtocolError("WINDOW_UPDATE payload must be 12 bytes when resume is in use")
     increment, received = _WINDOW_UPDATE.unpack(payload)
-    if increment > 2**31 - 1 or (increment == 0 and not fin) or received > MAX_OFFSET:
+    if increment > 2**31 - 1 or received > MAX_OFFSET:
         raise ProtocolError(f"WINDOW_UPDATE increment {increment} out of range")
     return int(increment), int(received)
 
@@ -144,9 +144,6 @@ class ReplayBuffer:
         self.start += drop
         self._size -= drop
         return drop
-
-    def clear(self) -> int:
-        return self.trim(self.start + self._size)
 
     def chunks(self, max_size: int) -> Iterator[memoryview]:
         """What is held, in order, in pieces of at most ``max_size`` bytes."""

@@ -311,3 +311,19 @@ class Drops(RuleBasedStateMachine):
 Drops.TestCase.settings = settings(max_examples=int(os.environ.get("BATCHTUNNEL_RESUME_EXAMPLES", "150")),
                                    stateful_step_count=30, deadline=None)
 test_drops = Drops.TestCase
+
+
+def test_streams_waiting_for_replay_room_resume_in_order() -> None:
+    """Streams paused by the replay cap at the drop restart after their replay, not before it."""
+    pair = LossyPair(broker=Settings(initial_window=65536, session_window=131072),
+                     agent=Settings(initial_window=262144, max_frame=16384))
+    a, b = pair.broker.conn.open_stream(80), pair.broker.conn.open_stream(80)
+    pair.settle()
+    data_a, data_b = os.urandom(200_000), os.urandom(100_000)
+    pair.broker.conn.send_data(a, data_a)
+    pair.broker.conn.send_data(b, data_b)
+    assert pair.broker.conn.replay_bytes == 131072  # the cap: the rest of a, and all of b, wait
+    pair.cut(to_agent=70_000)  # the agent got part of what was sent; nothing confirmed
+    pair.resume()
+    assert bytes(pair.agent.received[a]) == data_a
+    assert bytes(pair.agent.received[b]) == data_b
