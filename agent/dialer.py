@@ -255,14 +255,14 @@ class Agent:
             await session.wait_link_down()
         finally:
             self.connected.clear()
-        if session.closed is not None or not session.suspended:
+        if session.suspended:
+            log.info("link to the broker lost; %d streams wait for a new one", session.stream_count)
+        else:  # the session is over
             run = self._session_run
             if run is not None:
                 closed = await asyncio.shield(run)
                 log.info("disconnected from the broker: %s", closed)
             self.session = self._session_run = None
-        else:
-            log.info("link to the broker lost; %d streams wait for a new one", session.stream_count)
         return started
 
     async def _accept(self, session: TunnelSession, bridge: StreamBridge) -> None:
