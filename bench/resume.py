@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import BT, MB, MIB, PY, ROOT, Procs, free_port, median_cell, repeat, request, wait_agent, wait_port, write_docs
 
 sys.path.insert(0, str(ROOT))
-from batchtunnel.broker.client import BrokerClient
+from batchtunnel.client import BrokerClient
 
 ADMIN = "bench-admin-token-0123456789"
 PATTERN = bytes(range(256)) * (MIB // 256 + 2)  # bench/target.py sends byte i as i % 256

@@ -219,7 +219,7 @@ def setup_batchtunnel(procs: Procs, workdir: Path, target: int, loop: str,
         "--event-loop", loop, "--log-level", "WARNING"], env)
     wait_port(api_port)
     sys.path.insert(0, str(ROOT))
-    from batchtunnel.broker.client import BrokerClient
+    from batchtunnel.client import BrokerClient
 
     client = BrokerClient(f"http://127.0.0.1:{api_port}", token)
     tunnel = client.create_tunnel("bench")
@@ -267,7 +267,7 @@ def rss_kib(pid: int) -> int:
 
 
 def idle_agents(procs: Procs, workdir: Path, info: dict[str, object], count: int) -> dict[str, float]:
-    from batchtunnel.broker.client import BrokerClient
+    from batchtunnel.client import BrokerClient
 
     client = info["client"]
     assert isinstance(client, BrokerClient)

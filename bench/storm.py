@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import BT, PY, ROOT, Procs, free_port, median_cell, repeat, wait_port, write_docs
 
 sys.path.insert(0, str(ROOT))
-from batchtunnel.broker.client import BrokerClient
+from batchtunnel.client import BrokerClient
 
 ADMIN = "bench-admin-token-0123456789"
 

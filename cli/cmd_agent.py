@@ -62,8 +62,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(values: dict[str, Any], args: argparse.Namespace) -> int:
-    from .agent import Agent, AgentConfig, run_with_command, through_tunnel
-    from .wire import ConfigurationError
+    from ..agent import Agent, AgentConfig, run_with_command, through_tunnel
+    from ..wire import ConfigurationError
 
     if not values["url"]:
         raise ConfigurationError("--url is required (or BATCHTUNNEL_URL)")

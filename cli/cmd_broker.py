@@ -9,9 +9,9 @@ import os
 import secrets
 from typing import Any
 
+from ..wire import ConfigurationError, Settings
 from .event_loop import run as run_loop
 from .options import Option, host_port, positive, read_secret, seconds_or_off
-from .wire import ConfigurationError, Settings
 
 log = logging.getLogger("batchtunnel.broker")
 
@@ -75,7 +75,7 @@ def admin_token(values: dict[str, Any]) -> str:
 
 
 def run(values: dict[str, Any], args: argparse.Namespace) -> int:
-    from .broker import Broker, BrokerConfig  # aiohttp: only needed on the hub side
+    from ..broker import Broker, BrokerConfig  # aiohttp: only needed on the hub side
 
     listen_host, listen_port = values["listen"]
     api_host, api_port = values["api_listen"]

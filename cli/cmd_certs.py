@@ -6,8 +6,8 @@ import argparse
 import os
 from typing import Any
 
+from ..wire import ConfigurationError
 from .options import Option
-from .wire import ConfigurationError
 
 NAME = "certs"
 HELP = "create and inspect the CA and the broker certificate"
@@ -39,7 +39,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(values: dict[str, Any], args: argparse.Namespace) -> int:
     from cryptography import x509
 
-    from .certs import authority as ca
+    from ..certs import authority as ca
 
     d = values["dir"]
     paths = {n: os.path.join(d, n) for n in ("ca.pem", "ca-key.pem", "broker.pem", "broker-key.pem")}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..wire import ConfigurationError
 from .options import Option, port_number, positive, read_secret
-from .wire import ConfigurationError
 
 NAME = "connect"
 HELP = "expose a tunnel on a hub-side port and stay in the foreground while it is healthy"
@@ -42,14 +42,14 @@ OPTIONS = [
 
 
 def client(values: dict[str, Any]) -> Any:
-    from .broker.client import BrokerClient
+    from ..client import BrokerClient
 
     token = read_secret("BATCHTUNNEL_ADMIN_TOKEN", values["admin_token_file"], "admin token")
     return BrokerClient(values["api_url"], token)
 
 
 def run(values: dict[str, Any], args: argparse.Namespace) -> int:
-    from .broker.connect import run_connect
+    from ..client import run_connect
 
     if not values["tunnel"]:
         raise ConfigurationError("--tunnel is required")

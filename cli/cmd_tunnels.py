@@ -8,8 +8,8 @@ import os
 import sys
 from typing import Any
 
+from ..wire import ConfigurationError
 from .cmd_connect import API_OPTIONS, client
-from .wire import ConfigurationError
 
 NAME = "tunnels"
 HELP = "create, list, show or delete tunnels at the broker"
@@ -36,7 +36,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(values: dict[str, Any], args: argparse.Namespace) -> int:
-    from .broker.client import ApiError
+    from ..client import ApiError
 
     api = client(values)
     try:

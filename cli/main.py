@@ -20,9 +20,10 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from . import __version__, cmd_agent, cmd_broker, cmd_certs, cmd_connect, cmd_tunnels
+from .. import __version__
+from ..wire import ConfigurationError
+from . import cmd_agent, cmd_broker, cmd_certs, cmd_connect, cmd_tunnels
 from .options import add_options, load_file, resolve
-from .wire import ConfigurationError
 
 COMMANDS: list[ModuleType] = [cmd_broker, cmd_agent, cmd_connect, cmd_tunnels, cmd_certs]
 

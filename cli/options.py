@@ -25,7 +25,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
 
-from .wire import ConfigurationError
+from ..wire import ConfigurationError
 
 ENV_PREFIX = "BATCHTUNNEL_"
 

@@ -1,16 +1,12 @@
 #!/usr/bin/env bash
-# mypy --strict on wire/, session/, broker/, agent/, certs/ and cli/, as installed: batchtunnel.*
-# mypy cannot follow setuptools' editable-install import hook, so give it a tree of symlinks
-# shaped like the installed package (.typecheck/batchtunnel/{wire,...} -> ../../wire, ...).
+# mypy --strict on every package of batchtunnel.
+# The repository root is the package batchtunnel (pyproject.toml: package-dir), so mypy needs to see the
+# checkout under that name: .typecheck/batchtunnel is one link to the root, whatever the clone is called.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
-rm -rf .typecheck && mkdir -p .typecheck/batchtunnel
-for f in cli/*.py cli/py.typed; do ln -s "../../$f" ".typecheck/batchtunnel/$(basename "$f")"; done
-for d in wire session broker agent certs spawner; do ln -s "../../$d" ".typecheck/batchtunnel/$d"; done
-cd .typecheck
-exec "$OLDPWD/$PY" -m mypy --config-file ../pyproject.toml \
-    -p batchtunnel.wire -p batchtunnel.session -p batchtunnel.broker -p batchtunnel.agent \
-    -p batchtunnel.certs -m batchtunnel -m batchtunnel.main -m batchtunnel.options \
-    -m batchtunnel.event_loop -m batchtunnel.cmd_broker -m batchtunnel.cmd_agent \
-    -m batchtunnel.cmd_connect -m batchtunnel.cmd_tunnels -m batchtunnel.cmd_certs
+mkdir -p .typecheck
+ln -sfn .. .typecheck/batchtunnel
+packages=()
+for d in wire session broker agent client certs cli; do packages+=(-p "batchtunnel.$d"); done
+MYPYPATH=.typecheck exec "$PY" -m mypy --config-file pyproject.toml -m batchtunnel "${packages[@]}"

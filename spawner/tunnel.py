@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 from batchspawner.batchspawner import JobStatus, format_template
 from traitlets import Bool, Float, List, Unicode, default
 
-from ..broker.client import ApiError, BrokerClient
+from ..client import ApiError, BrokerClient
 from .connect import ConnectToJobMixin
 from .options import ResourceOptionsMixin
 

@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 import pytest
-from batchtunnel.main import build_parser, main
-from batchtunnel.options import Option, add_options, load_file, read_secret, resolve
+from batchtunnel.cli.main import build_parser, main
+from batchtunnel.cli.options import Option, add_options, load_file, read_secret, resolve
 from batchtunnel.wire import ConfigurationError
 
 OPTIONS = [
@@ -85,7 +85,7 @@ def test_cli_reports_configuration_errors(
 
 
 def test_defaults_are_converted_like_given_values() -> None:
-    from batchtunnel import cmd_broker
+    from batchtunnel.cli import cmd_broker
 
     values = resolve(cmd_broker.OPTIONS, build_parser().parse_args(["broker"]), "broker", {}, {})
     assert values["listen"] == ("0.0.0.0", 8765)

@@ -7,7 +7,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from batchtunnel.broker.client import ApiError, BrokerClient
+from batchtunnel.client import ApiError, BrokerClient
 
 from tests.support.processes import free_port
 from tests.support.tunnel import BrokerProcess

@@ -119,7 +119,7 @@ async def test_an_expiring_credential_is_refused_and_its_agent_disconnected(
 
 
 def test_expires_in_must_be_a_sensible_number_of_seconds(broker: BrokerProcess) -> None:
-    from batchtunnel.broker.client import ApiError
+    from batchtunnel.client import ApiError
 
     for bad in (0, -5, "soon", True, 10 ** 9):
         with pytest.raises(ApiError) as exc:

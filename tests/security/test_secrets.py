@@ -36,7 +36,7 @@ async def test_no_secret_in_debug_logs_argv_or_answers(procs: ProcessGroup, pki:
     answers = [refused.value.body]
     second = broker.start_agent(token, "agent-2", "--log-level", "DEBUG", wait=False)
     wait_until(lambda: "REPLACED" in first.log(), 15, "the second agent to replace the first")
-    from batchtunnel.broker.client import ApiError, BrokerClient
+    from batchtunnel.client import ApiError, BrokerClient
 
     with pytest.raises(ApiError) as api_refusal:
         BrokerClient(broker.api_url, wrong).tunnels()

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from batchtunnel.broker.client import BrokerClient
+from batchtunnel.client import BrokerClient
 
 from .processes import BIN, Proc, ProcessGroup, free_port, wait_until
 

@@ -165,7 +165,7 @@ def test_agent_needs_only_websockets_and_the_standard_library(broker: BrokerProc
     code = (
         "import sys\n"
         f"for name in {blocked!r}:\n    sys.modules[name] = None\n"
-        "from batchtunnel.main import main\n"
+        "from batchtunnel.cli.main import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
     tunnel = broker.client.create_tunnel("minimal")

@@ -17,7 +17,7 @@ import threading
 import time
 from types import FrameType
 
-from .client import ApiError, BrokerClient
+from .api import ApiError, BrokerClient
 
 log = logging.getLogger(__name__)
 
