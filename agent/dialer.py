@@ -16,16 +16,22 @@ from .. import __version__
 from ..session import (
     SERVICE_HUB_API,
     SESSION_HEADER,
-    HandshakeRejected,
-    PeerRejected,
     RefusingProtocol,
-    SessionClosed,
     StreamBridge,
     TunnelSession,
     WebSocketLink,
     serve_local,
 )
-from ..wire import ConfigurationError, Connection, ErrorCode, Settings, Side
+from ..wire import (
+    ConfigurationError,
+    Connection,
+    ConnectionClosed,
+    ErrorCode,
+    HandshakeRejected,
+    PeerRejected,
+    Settings,
+    Side,
+)
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +108,7 @@ class Agent:
         config.check()
         self.config = config
         self.session: TunnelSession | None = None  # the current session; while redialling, maybe suspended
-        self._session_run: asyncio.Future[SessionClosed] | None = None  # its run(), owned here
+        self._session_run: asyncio.Future[ConnectionClosed] | None = None  # its run(), owned here
         self.connected = asyncio.Event()
         self._stopping = False
         self._hub_api_server: asyncio.AbstractServer | None = None

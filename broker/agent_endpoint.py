@@ -20,8 +20,7 @@ from ..session import (
     WebSocketLink,
     serve_local,
 )
-from ..wire import AuthenticationError, Connection, ErrorCode, Settings, Side
-from ..wire.exceptions import describe_code
+from ..wire import AuthenticationError, Connection, ErrorCode, Settings, Side, describe_code
 from .admission import Admission
 from .memory import Trimmer
 from .registry import Registry, Tunnel

@@ -23,9 +23,10 @@ from typing import Any
 from aiohttp import web
 
 from .. import __version__
+from ..wire import ApiError
 from . import tokens
 from .exposure import Exposure
-from .registry import Registry, RegistryError
+from .registry import Registry
 from .store import ExposureRecord
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ class Api:
                 return _error(401, "missing or wrong admin token (Authorization: Bearer <admin token>)")
         try:
             return await handler(request)
-        except RegistryError as exc:
+        except ApiError as exc:
             return _error(exc.status, str(exc))
 
     async def health(self, request: web.Request) -> web.Response:
@@ -160,9 +161,9 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise RegistryError(400, "the request body is not valid JSON") from None
+        raise ApiError(400, "the request body is not valid JSON") from None
     if not isinstance(body, dict):
-        raise RegistryError(400, "the request body must be a JSON object")
+        raise ApiError(400, "the request body must be a JSON object")
     return body
 
 

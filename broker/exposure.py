@@ -8,7 +8,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..session import RefusingProtocol, StreamBridge
-from ..wire.exceptions import describe_code
+from ..wire import describe_code
 
 if TYPE_CHECKING:
     from .registry import Tunnel

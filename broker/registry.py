@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..session import TunnelSession
-from ..wire import AuthenticationError, ErrorCode
+from ..wire import ApiError, AuthenticationError, ErrorCode
 from . import tokens
 from .exposure import Exposure
 from .store import Store, TunnelRecord
@@ -20,14 +20,6 @@ log = logging.getLogger(__name__)
 NAME_RE = re.compile(r"^[A-Za-z0-9_.@+-]{0,100}$")
 MAX_LIFETIME = 366 * 24 * 3600.0
 """The longest expiry a tunnel may be given, seconds."""
-
-
-class RegistryError(Exception):
-    """A request the registry refuses; ``status`` is the HTTP status to answer with."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass
@@ -108,9 +100,9 @@ class Registry:
 
         ``expires_in``: seconds after which the token is refused and the agent disconnected."""
         if not NAME_RE.match(name):
-            raise RegistryError(400, "name: up to 100 characters from A-Z a-z 0-9 _ . @ + -")
+            raise ApiError(400, "name: up to 100 characters from A-Z a-z 0-9 _ . @ + -")
         if expires_in is not None and not 0 < expires_in <= MAX_LIFETIME:
-            raise RegistryError(400, f"expires_in: seconds, more than 0 and at most {MAX_LIFETIME:.0f}")
+            raise ApiError(400, f"expires_in: seconds, more than 0 and at most {MAX_LIFETIME:.0f}")
         tunnel_id = "t" + secrets.token_hex(8)
         token, token_hash = tokens.new_token(tunnel_id)
         now = time.time()
@@ -124,7 +116,7 @@ class Registry:
     def get(self, tunnel_id: str) -> Tunnel:
         tunnel = self.tunnels.get(tunnel_id)
         if tunnel is None:
-            raise RegistryError(404, f"no tunnel {tunnel_id!r}")
+            raise ApiError(404, f"no tunnel {tunnel_id!r}")
         return tunnel
 
     def authenticate(self, token: str | None) -> Tunnel:

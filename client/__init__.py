@@ -8,7 +8,8 @@ broker's server (aiohttp) to reach it.
   hub-side port, then watch it in the foreground.
 """
 
-from .api import ApiError, BrokerClient
+from ..wire import ApiError
+from .api import BrokerClient
 from .connect import run_connect
 
 __all__ = ["ApiError", "BrokerClient", "run_connect"]

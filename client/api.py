@@ -10,13 +10,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-
-class ApiError(Exception):
-    """The broker answered with an error, or could not be reached (``status`` 0)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+from ..wire import ApiError
 
 
 class BrokerClient:

@@ -17,7 +17,8 @@ import threading
 import time
 from types import FrameType
 
-from .api import ApiError, BrokerClient
+from ..wire import ApiError
+from .api import BrokerClient
 
 log = logging.getLogger(__name__)
 

@@ -7,12 +7,11 @@ The broker and the agent differ only in who opens streams.
 """
 
 from .bridge import SERVICE_HUB_API, RefusingProtocol, StreamBridge
-from .session import SESSION_HEADER, SessionClosed, TunnelSession, serve_local
+from .session import SESSION_HEADER, TunnelSession, serve_local
 from .tasks import TaskOwner
-from .websocket import HandshakeRejected, PeerRejected, Refusal, WebSocketLink
+from .websocket import Refusal, WebSocketLink
 
 __all__ = [
-    "SERVICE_HUB_API", "SESSION_HEADER", "HandshakeRejected", "PeerRejected", "Refusal", "RefusingProtocol",
-    "SessionClosed",
+    "SERVICE_HUB_API", "SESSION_HEADER", "Refusal", "RefusingProtocol",
     "StreamBridge", "TaskOwner", "TunnelSession", "WebSocketLink", "serve_local",
 ]

@@ -17,11 +17,11 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
 from typing import Any
 
 from ..wire import (
     Connection,
+    ConnectionClosed,
     ConnectionTerminated,
     DataReceived,
     ErrorCode,
@@ -35,8 +35,8 @@ from ..wire import (
     StreamEnded,
     StreamOpened,
     StreamReset,
+    describe_code,
 )
-from ..wire.exceptions import describe_code
 from .bridge import StreamBridge
 from .tasks import TaskOwner
 from .websocket import WebSocketLink
@@ -61,17 +61,6 @@ Acceptor = Callable[["TunnelSession", StreamBridge], Coroutine[Any, Any, None]]
 
 The bridge is registered before the acceptor runs, so data that arrives while
 it connects is kept (bounded by the stream's window, as it is not acknowledged)."""
-
-
-@dataclass
-class SessionClosed:
-    """How a session ended."""
-
-    code: int
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.reason} ({describe_code(self.code)})"
 
 
 class TunnelSession:
@@ -132,7 +121,7 @@ class TunnelSession:
         self._last_heard = self._loop.time()
         self._ping_ids = itertools.count()
         self._ping: tuple[bytes, float] | None = None  # the outstanding heartbeat: payload, time sent
-        self.closed: SessionClosed | None = None
+        self.closed: ConnectionClosed | None = None
         self.rtt: float | None = None
         self.bytes_in = 0
         self.bytes_out = 0
@@ -140,7 +129,7 @@ class TunnelSession:
 
     # ------------------------------------------------------------ lifecycle
 
-    async def run(self) -> SessionClosed:
+    async def run(self) -> ConnectionClosed:
         """Serve until the session ends: its link is lost (and, with resumption, no new one is attached
         within the grace period), or it is closed. Never raises for a peer's misbehaviour."""
         # The heartbeat is a timer, not a task: an idle session on the broker should cost little.
@@ -399,7 +388,7 @@ class TunnelSession:
                          "%d reset (the peer had lost them)", self.name, down, event.streams, event.replayed,
                          event.lost)
             elif isinstance(event, ConnectionTerminated):
-                self.closed = SessionClosed(event.code, event.reason)
+                self.closed = ConnectionClosed(event.code, event.reason)
                 if event.local and self.conn.error is not None:
                     log.warning("session %s: peer broke the protocol: %s", self.name, event.reason)
                 if self._link_down.done() and not self._over.done():

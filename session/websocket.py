@@ -35,7 +35,8 @@ from websockets.protocol import Protocol as WsProtocol
 from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
-from .wsframes import Buffer, CloseCode, Control, FrameParser, FramingError, Opcode, encode, encode_close
+from ..wire import FramingError, HandshakeRejected, PeerRejected
+from .wsframes import Buffer, CloseCode, Control, FrameParser, Opcode, encode, encode_close
 
 log = logging.getLogger(__name__)
 
@@ -60,20 +61,6 @@ class _WarningsOnly(logging.LoggerAdapter):  # type: ignore[type-arg]
 
 
 HANDSHAKE_LOG = _WarningsOnly(logging.getLogger(__name__ + ".handshake"), {})
-
-
-class HandshakeRejected(Exception):
-    """The server answered the upgrade with another status than 101. ``status`` says which;
-    ``retry_after`` is its Retry-After header in seconds, if it sent one."""
-
-    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.retry_after = retry_after
-
-
-class PeerRejected(Exception):
-    """The client refused the server after the TLS handshake (``verify_peer``): nothing was sent."""
 
 
 @dataclass(frozen=True)

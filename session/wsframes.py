@@ -27,6 +27,8 @@ try:
 except ImportError:  # pragma: no cover - websockets without its C extension
     from websockets.utils import apply_mask
 
+from ..wire import FramingError
+
 Buffer = Union[bytes, bytearray, memoryview]
 
 _U16 = struct.Struct("!H")
@@ -49,14 +51,6 @@ class CloseCode(enum.IntEnum):
     UNSUPPORTED_DATA = 1003
     NO_STATUS = 1005
     MESSAGE_TOO_BIG = 1009
-
-
-class FramingError(Exception):
-    """The peer broke RFC 6455; ``code`` is the close code to answer with."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,9 @@ Importing this package also replaces batchspawner's port-report API handler by
 a hardened one (``port_report.py``).
 """
 
+from ..wire import ConnectToJobError, OptionsError
 from . import port_report
-from .connect import ConnectToJobError, ConnectToJobMixin
+from .connect import ConnectToJobMixin
 from .spawners import (
     CondorTunnelSpawner,
     GridEngineTunnelSpawner,
@@ -23,7 +24,7 @@ from .tunnel import BrokerTunnelMixin
 port_report.install()
 
 __all__ = [
-    "BrokerTunnelMixin", "CondorTunnelSpawner", "ConnectToJobError", "ConnectToJobMixin",
+    "BrokerTunnelMixin", "CondorTunnelSpawner", "ConnectToJobError", "ConnectToJobMixin", "OptionsError",
     "GridEngineTunnelSpawner", "LsfTunnelSpawner", "PBSTunnelSpawner", "SlurmTunnelSpawner",
     "TorqueTunnelSpawner",
 ]

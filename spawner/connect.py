@@ -28,13 +28,10 @@ from jupyterhub.utils import random_port
 from traitlets import Float, Integer, Unicode
 from traitlets.config import Configurable
 
+from ..wire import ConnectToJobError
 from .background import BackgroundCommand
 
 _RPORT = re.compile(r"\brport\b")
-
-
-class ConnectToJobError(RuntimeError):
-    """The connect-to-job command could not be rendered or did not stay up."""
 
 
 class ConnectToJobMixin(Configurable):

@@ -16,9 +16,7 @@ from typing import Any
 from traitlets import Bool, Dict, Integer, List, Unicode, default
 from traitlets.config import Configurable
 
-
-class OptionsError(ValueError):
-    """A submitted option is invalid; the message says which and why, for the user."""
+from ..wire import OptionsError
 
 
 @dataclass(frozen=True)

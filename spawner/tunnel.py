@@ -18,7 +18,8 @@ from urllib.parse import urlsplit, urlunsplit
 from batchspawner.batchspawner import JobStatus, format_template
 from traitlets import Bool, Float, List, Unicode, default
 
-from ..client import ApiError, BrokerClient
+from ..client import BrokerClient
+from ..wire import ApiError, ConfigurationError, JobEndedError
 from .connect import ConnectToJobMixin
 from .options import ResourceOptionsMixin
 
@@ -116,8 +117,8 @@ class BrokerTunnelMixin(ResourceOptionsMixin, ConnectToJobMixin):
         else:
             token = os.environ.get("BATCHTUNNEL_ADMIN_TOKEN", "")
         if not token:
-            raise RuntimeError("batchtunnel: no broker admin token (broker_admin_token_file or "
-                               "BATCHTUNNEL_ADMIN_TOKEN)")
+            raise ConfigurationError("batchtunnel: no broker admin token (broker_admin_token_file or "
+                                     "BATCHTUNNEL_ADMIN_TOKEN)")
         return BrokerClient(self.broker_api_url, token)
 
     async def _broker(self, method: str, *args: Any) -> Any:
@@ -126,7 +127,7 @@ class BrokerTunnelMixin(ResourceOptionsMixin, ConnectToJobMixin):
 
     async def create_tunnel(self) -> None:
         if not self.broker_url:
-            raise RuntimeError("batchtunnel: set broker_url (wss://HOST:PORT/agent) in the spawner config")
+            raise ConfigurationError("batchtunnel: set broker_url (wss://HOST:PORT/agent) in the spawner config")
         created = await self._broker("create_tunnel", self.user.name,  # type: ignore[attr-defined]
                                      self.tunnel_lifetime or None)
         self.tunnel_id, self._agent_token = created["id"], created["token"]
@@ -192,12 +193,12 @@ class BrokerTunnelMixin(ResourceOptionsMixin, ConnectToJobMixin):
                 await asyncio.gather(starting, return_exceptions=True)
         raise await self._ended_early(self._submitted_job)
 
-    async def _ended_early(self, job: str) -> RuntimeError:
+    async def _ended_early(self, job: str) -> JobEndedError:
         """The spawn's error for a job that ended before its notebook started; deletes the tunnel."""
         reason = await self.job_end_reason(job)
         await self.delete_tunnel()
-        return RuntimeError(f"Batch job {job} ended before its notebook started: "
-                            f"{reason or 'the batch system gave no reason'}")
+        return JobEndedError(f"Batch job {job} ended before its notebook started: "
+                             f"{reason or 'the batch system gave no reason'}")
 
     async def _job_gone(self) -> bool:
         """True once the submitted job is neither pending nor running (nor unknown to a busy scheduler)."""

@@ -2,9 +2,12 @@
 
 Standard library only: no asyncio, sockets, clocks or randomness. Feed bytes
 to a :class:`Connection`, read events, send what it gives back.
+
+This package is the base every other one imports, so it also holds the project's one exception
+tree (``exceptions.py``).
 """
 
-from .codes import ErrorCode
+from .codes import ErrorCode, describe_code
 from .connection import Connection, Side, State
 from .events import (
     ConnectionTerminated,
@@ -21,21 +24,30 @@ from .events import (
     StreamReset,
 )
 from .exceptions import (
+    ApiError,
     AuthenticationError,
     ConfigurationError,
     ConnectionClosed,
+    ConnectToJobError,
     FlowControlError,
     FrameTooLarge,
+    FramingError,
+    HandshakeFailed,
+    HandshakeRejected,
     InvalidState,
+    JobEndedError,
+    OptionsError,
+    PeerRejected,
     ProtocolError,
     TunnelError,
 )
 from .hello import Negotiated, Settings
 
 __all__ = [
-    "AuthenticationError", "ConfigurationError", "Connection", "ConnectionClosed",
-    "ConnectionTerminated", "DataReceived", "ErrorCode", "Event", "FlowControlError",
-    "FrameTooLarge", "GoAwayReceived", "InvalidState", "Negotiated", "PingAcknowledged",
-    "ProtocolError", "SessionResumed", "SessionStarted", "Settings", "Side", "State", "StreamDrained",
-    "StreamEnded", "StreamId", "StreamOpened", "StreamReset", "TunnelError",
+    "ApiError", "AuthenticationError", "ConfigurationError", "ConnectToJobError", "Connection",
+    "ConnectionClosed", "ConnectionTerminated", "DataReceived", "ErrorCode", "Event", "FlowControlError",
+    "FrameTooLarge", "FramingError", "GoAwayReceived", "HandshakeFailed", "HandshakeRejected", "InvalidState",
+    "JobEndedError", "Negotiated", "OptionsError", "PeerRejected", "PingAcknowledged", "ProtocolError",
+    "SessionResumed", "SessionStarted", "Settings", "Side", "State", "StreamDrained", "StreamEnded", "StreamId",
+    "StreamOpened", "StreamReset", "TunnelError", "describe_code"
 ]

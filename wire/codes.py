@@ -43,3 +43,12 @@ class ErrorCode(enum.IntEnum):
     """The tunnel was deleted at the broker."""
     CREDENTIAL_EXPIRED = 15
     """The tunnel's credential expired."""
+
+
+def describe_code(code: int) -> str:
+    """The symbolic name of a wire error code, for logs and messages; ``UNKNOWN_<n>`` for a code this
+    version does not define (a newer peer may send one)."""
+    try:
+        return ErrorCode(code).name
+    except ValueError:
+        return f"UNKNOWN_{code}"

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 from batchtunnel.spawner import SlurmTunnelSpawner, TorqueTunnelSpawner
-from batchtunnel.spawner.options import Choice, Limits, OptionsError, validate
+from batchtunnel.spawner.options import Choice, Limits, validate
+from batchtunnel.wire import OptionsError
 
 LIMITS = Limits(cores_max=16, memory_max_gb=64, runtime_max_minutes=600, gpus_max=2,
                 partitions=["cpu", "gpu"], environments={"Python 3.12": "module load python/3.12"})
