@@ -8,7 +8,7 @@ tree (``exceptions.py``).
 """
 
 from .codes import ErrorCode, describe_code
-from .connection import Connection, Side, State
+from .connection import Connection, Side
 from .events import (
     ConnectionTerminated,
     DataReceived,
@@ -42,6 +42,7 @@ from .exceptions import (
     TunnelError,
 )
 from .hello import Negotiated, Settings
+from .states import State
 
 __all__ = [
     "ApiError", "AuthenticationError", "ConfigurationError", "ConnectToJobError", "Connection",

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass
 
 from .exceptions import FrameTooLarge, ProtocolError
 
@@ -32,9 +31,13 @@ MAX_WINDOW = 2**31 - 1
 MAX_REASON_BYTES = 512
 MAX_HELLO_BYTES = 4096
 
+MAX_OFFSET = 2**63 - 1
+"""The largest byte offset in a stream that WINDOW_UPDATE and RESUME can carry (resume)."""
+
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 _GOAWAY = struct.Struct("!II")
+_WINDOW_UPDATE_RESUME = struct.Struct("!IQ")
 
 
 class FrameType(enum.IntEnum):
@@ -77,25 +80,6 @@ _ALLOWED_FLAGS = {
 _CONNECTION_LEVEL = {FrameType.HELLO, FrameType.PING, FrameType.GOAWAY, FrameType.RESUME}
 
 
-@dataclass(frozen=True)
-class Frame:
-    """One decoded frame. ``payload`` is the raw payload bytes."""
-
-    type: FrameType
-    flags: int
-    stream_id: int
-    payload: bytes
-
-
-def serialize(frame: Frame) -> bytes:
-    """Return the bytes of ``frame``: header then payload."""
-    return header(frame.type, frame.flags, frame.stream_id, len(frame.payload)) + frame.payload
-
-
-def header(type_: FrameType, flags: int, stream_id: int, length: int) -> bytes:
-    """Return a frame header."""
-    return HEADER.pack(type_, flags, stream_id, length)
-
 
 def check_header(type_byte: int, flags: int, stream_id: int, length: int, max_payload: int) -> FrameType:
     """Validate a frame header before its payload is read.
@@ -126,7 +110,7 @@ def check_header(type_byte: int, flags: int, stream_id: int, length: int, max_pa
     return type_
 
 
-# Payload codecs. Each decode_* raises ProtocolError on a malformed payload.
+# Payload codecs. Each decode_* raises ProtocolError on a malformed payload. RESUME's is in resume.py.
 
 
 def encode_open(port: int) -> bytes:
@@ -159,6 +143,21 @@ def decode_window_update(payload: bytes) -> int:
     if not 0 < increment <= MAX_WINDOW:
         raise ProtocolError(f"WINDOW_UPDATE increment {increment} out of range")
     return int(increment)
+
+
+def encode_window_update_resume(increment: int, received: int) -> bytes:
+    """WINDOW_UPDATE under "resume" (§9.1): the increment and the cumulative received offset."""
+    return _WINDOW_UPDATE_RESUME.pack(increment, received)
+
+
+def decode_window_update_resume(payload: bytes) -> tuple[int, int]:
+    """WINDOW_UPDATE under "resume": (increment, received). The increment may be 0: a confirmation only."""
+    if len(payload) != _WINDOW_UPDATE_RESUME.size:
+        raise ProtocolError("WINDOW_UPDATE payload must be 12 bytes when resume is in use")
+    increment, received = _WINDOW_UPDATE_RESUME.unpack(payload)
+    if increment > MAX_WINDOW or received > MAX_OFFSET:
+        raise ProtocolError(f"WINDOW_UPDATE increment {increment} out of range")
+    return int(increment), int(received)
 
 
 def decode_ping(payload: bytes) -> bytes:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from .codes import ErrorCode
 from .exceptions import ConfigurationError, ProtocolError
+from .frames import MAX_STREAM_ID, MAX_WINDOW
 
 SUPPORTED_VERSIONS = (1,)
 SUPPORTED_FEATURES: tuple[str, ...] = ("resume",)
@@ -67,13 +68,13 @@ class Negotiated:
 
 
 def _check(s: Settings, error: type[Exception]) -> None:
-    if not MIN_INITIAL_WINDOW <= s.initial_window <= 2**31 - 1:
+    if not MIN_INITIAL_WINDOW <= s.initial_window <= MAX_WINDOW:
         raise error(f"initial_window {s.initial_window} outside [{MIN_INITIAL_WINDOW}, 2**31-1]")
-    if not s.initial_window <= s.max_window <= 2**31 - 1:
+    if not s.initial_window <= s.max_window <= MAX_WINDOW:
         raise error(f"max_window {s.max_window} outside [initial_window, 2**31-1]")
     if not MIN_FRAME <= s.max_frame <= MAX_FRAME:
         raise error(f"max_frame {s.max_frame} outside [{MIN_FRAME}, {MAX_FRAME}]")
-    if not 1 <= s.max_streams <= 2**31 - 1:
+    if not 1 <= s.max_streams <= MAX_STREAM_ID:
         raise error(f"max_streams {s.max_streams} must be positive")
     if s.session_window < s.initial_window:
         raise error(f"session_window {s.session_window} is below initial_window {s.initial_window}")

@@ -27,7 +27,7 @@ class SendWindow:
         """Apply a WINDOW_UPDATE from the peer.
 
         Raises:
-            FlowControlError: the window would exceed 2**31-1.
+            FlowControlError: the window would exceed MAX_WINDOW (2**31-1).
         """
         if self.credit + increment > MAX_WINDOW:
             raise FlowControlError("WINDOW_UPDATE grows the window past 2**31-1")

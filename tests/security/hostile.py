@@ -10,50 +10,13 @@ import asyncio
 import collections
 import ssl
 import struct
-from dataclasses import dataclass
 
 from batchtunnel.wire import Connection, Settings, Side
-from batchtunnel.wire.frames import HEADER, FrameType, decode_goaway, encode_open, encode_u32, header
+from batchtunnel.wire.frames import FrameType, decode_goaway, encode_u32
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-
-@dataclass
-class Frame:
-    type: int
-    flags: int
-    stream_id: int
-    payload: bytes
-
-
-def frame(type_: FrameType, stream_id: int, payload: bytes = b"", flags: int = 0) -> bytes:
-    return header(type_, flags, stream_id, len(payload)) + payload
-
-
-def open_frame(stream_id: int, port: int) -> bytes:
-    return frame(FrameType.OPEN, stream_id, encode_open(port))
-
-
-def data_frame(stream_id: int, payload: bytes, fin: bool = False) -> bytes:
-    return frame(FrameType.DATA, stream_id, payload, 1 if fin else 0)
-
-
-def ping_frame(payload: bytes = b"12345678") -> bytes:
-    return frame(FrameType.PING, 0, payload)
-
-
-def parse(data: bytearray) -> list[Frame]:
-    """Take the whole frames off the front of ``data`` (a frame may span WebSocket messages)."""
-    frames, offset = [], 0
-    while offset + HEADER.size <= len(data):
-        type_, flags, sid, length = HEADER.unpack_from(data, offset)
-        if offset + HEADER.size + length > len(data):
-            break
-        start = offset + HEADER.size
-        frames.append(Frame(type_, flags, sid, bytes(data[start:start + length])))
-        offset = start + length
-    del data[:offset]
-    return frames
+from tests.support.frames import Frame, frame, parse, ping_frame
 
 
 class Refused(Exception):

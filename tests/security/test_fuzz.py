@@ -71,7 +71,7 @@ def check_parser(sequence: list[bytes], cuts: list[int]) -> None:
         assert event.code in DOCUMENTED or not event.local  # a peer's GOAWAY may carry any code (§6)
     if terminated:
         assert conn.state is State.CLOSED
-    assert conn._recv_windows <= conn.settings.session_window
+    assert conn.receive_windows <= conn.settings.session_window
 
 
 def encode_hello_frame() -> bytes:

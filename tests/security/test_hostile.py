@@ -14,8 +14,10 @@ import ssl
 
 import pytest
 from batchtunnel.wire import ErrorCode
-from batchtunnel.wire.frames import FrameType, header
+from batchtunnel.wire.frames import HEADER, FrameType
 from batchtunnel.wire.resume import ResumeEntry, encode_resume
+
+from tests.support.frames import Frame, data_frame, frame, open_frame
 
 from .conftest import (
     AUTH_FAILURE_LIMIT,
@@ -26,7 +28,7 @@ from .conftest import (
     eventually,
     healthy_traffic,
 )
-from .hostile import Frame, HostileAgent, Refused, data_frame, frame, open_frame, reset_code
+from .hostile import HostileAgent, Refused, reset_code
 
 MAX_FRAME = 256 * 1024
 INITIAL_WINDOW = 256 * 1024
@@ -91,7 +93,7 @@ async def test_a_protocol_violation_ends_only_the_offenders_session(arena: Arena
         if case == "random bytes":
             await agent.send(b"\xff" + os.urandom(4096))
         elif case == "oversized frame":
-            await agent.send(header(FrameType.DATA, 0, 2, 4 * MAX_FRAME) + b"x" * 1000)
+            await agent.send(HEADER.pack(FrameType.DATA, 0, 2, 4 * MAX_FRAME) + b"x" * 1000)
         elif case == "data on a stream never opened":
             await agent.send(data_frame(1001, b"hello"))
         elif case == "open with the broker's stream ids":

@@ -22,8 +22,10 @@ from batchtunnel.wire import (
     StreamOpened,
     StreamReset,
 )
-from batchtunnel.wire.frames import Flag, Frame, FrameType, serialize
+from batchtunnel.wire.frames import Flag, FrameType
 from batchtunnel.wire.hello import encode_hello
+
+from tests.support.frames import frame
 
 from .pair import Pair
 
@@ -196,7 +198,7 @@ def test_send_after_end_is_misuse() -> None:
 
 
 def raw(type_: FrameType, sid: int, payload: bytes = b"", flags: int = 0) -> bytes:
-    return serialize(Frame(type_, flags, sid, payload))
+    return frame(type_, sid, payload, flags)
 
 
 def handshaken(side: Side = Side.AGENT) -> Connection:

@@ -12,11 +12,13 @@ from batchtunnel.wire import (
     State,
     StreamEnded,
 )
-from batchtunnel.wire.frames import HEADER, Frame, FrameType, check_header, serialize
+from batchtunnel.wire.frames import HEADER, FrameType, check_header
 from batchtunnel.wire.hello import encode_hello
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from tests.support.frames import Frame, serialize
 
 from .pair import Pair
 
@@ -139,7 +141,7 @@ class WindowMachine(RuleBasedStateMachine):
         assert self.pair.agent.state is State.OPEN
         for sid in self.sids:
             assert self.pair.broker.send_credit(sid) >= 0
-            window = self.pair.agent._streams[sid].recv
+            window = self.pair.agent._streams.by_id[sid].recv
             assert window.credit >= 0
             # What the agent holds unacknowledged never exceeds the largest window.
             assert self.unacked[sid] <= 512 * 1024
