@@ -14,7 +14,6 @@ from urllib.parse import urlsplit
 
 from .. import __version__
 from ..session import (
-    SERVICE_HUB_API,
     SESSION_HEADER,
     RefusingProtocol,
     StreamBridge,
@@ -23,6 +22,7 @@ from ..session import (
     serve_local,
 )
 from ..wire import (
+    SERVICE_HUB_API,
     ConfigurationError,
     Connection,
     ConnectionClosed,

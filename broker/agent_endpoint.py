@@ -11,7 +11,6 @@ from collections.abc import Callable
 from websockets.http11 import Request
 
 from ..session import (
-    SERVICE_HUB_API,
     SESSION_HEADER,
     Refusal,
     StreamBridge,
@@ -20,7 +19,7 @@ from ..session import (
     WebSocketLink,
     serve_local,
 )
-from ..wire import AuthenticationError, Connection, ErrorCode, Settings, Side, describe_code
+from ..wire import SERVICE_HUB_API, AuthenticationError, Connection, ErrorCode, Settings, Side, describe_code
 from .admission import Admission
 from .memory import Trimmer
 from .registry import Registry, Tunnel

@@ -1,17 +1,25 @@
 """asyncio glue shared by broker and agent: one tunnel session over one WebSocket.
 
-``WebSocketLink`` carries binary messages (websockets' sans-I/O protocol in an
-asyncio Protocol); ``TunnelSession`` runs a :class:`batchtunnel.wire.Connection`
-over it and bridges each stream to a local TCP socket (``StreamBridge``).
+Read it downwards, as a byte travels::
+
+    session.py     TunnelSession: runs a wire Connection over a link, bridges each stream
+    ├── bridge.py      StreamBridge: one stream <-> one local TCP socket, backpressure both ways
+    ├── heartbeat.py   PINGs, and the link declared dead after a silence
+    └── websocket.py   WebSocketLink: the WebSocket under the session, as an asyncio Protocol
+        ├── handshake.py   the HTTP upgrade (websockets' sans-I/O protocols)
+        └── wsframes.py    RFC 6455 framing once open (sans I/O)
+    tasks.py       TaskOwner: every background task has an owner
+
 The broker and the agent differ only in who opens streams.
 """
 
-from .bridge import SERVICE_HUB_API, RefusingProtocol, StreamBridge
-from .session import SESSION_HEADER, TunnelSession, serve_local
+from .bridge import RefusingProtocol, StreamBridge, serve_local
+from .handshake import SESSION_HEADER, Refusal
+from .session import TunnelSession
 from .tasks import TaskOwner
-from .websocket import Refusal, WebSocketLink
+from .websocket import WebSocketLink
 
 __all__ = [
-    "SERVICE_HUB_API", "SESSION_HEADER", "Refusal", "RefusingProtocol",
-    "StreamBridge", "TaskOwner", "TunnelSession", "WebSocketLink", "serve_local",
+    "SESSION_HEADER", "Refusal", "RefusingProtocol", "StreamBridge", "TaskOwner", "TunnelSession",
+    "WebSocketLink", "serve_local",
 ]

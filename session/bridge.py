@@ -1,28 +1,60 @@
 """One tunnel stream bridged to one local TCP connection, with backpressure both ways.
 
-Reading: local bytes go to ``Connection.send_data``; the socket is paused while
-the stream's window is used up (until ``StreamDrained``) or while the session's
-output is backed up (until the writer takes it: see ``TunnelSession.send``).
-Writing: peer bytes are written to the socket and acknowledged (granting the
-peer more credit) only while the socket's write buffer is below its high-water
-mark; otherwise the acknowledgement waits for ``resume_writing``.
+Reading: local bytes go to the stream through its :class:`Carrier` (the session); the socket is
+paused while the stream's window is used up or while the session's output is backed up, each
+reason held by the bridge (:class:`Pause`) until the carrier says it is over. Writing: peer bytes
+are written to the socket and acknowledged (granting the peer more credit) only while the socket's
+write buffer is below its high-water mark; otherwise the acknowledgement waits for
+``resume_writing``.
+
+The bridge knows its session only as a :class:`Carrier`, the few calls it makes on it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
 from ..wire import ErrorCode, InvalidState
 
-if TYPE_CHECKING:
-    from .session import TunnelSession
-
 log = logging.getLogger(__name__)
 
-SERVICE_HUB_API = 1
-"""The service an agent-opened stream names to reach the hub's API (docs/protocol.md §5.1)."""
+
+class Pause(enum.IntFlag):
+    """Why a bridge stopped reading its socket (several reasons may hold at once)."""
+
+    NONE = 0
+    WINDOW = 1
+    """The stream's send window is spent: until the session reports it drained."""
+    OUTPUT = 2
+    """The session's output is backed up: until the link takes it."""
+
+
+class Carrier(Protocol):
+    """What a bridge needs from the session that carries its stream."""
+
+    name: str
+    """For log lines."""
+
+    def open_stream_for(self, bridge: StreamBridge, port: int) -> int | None:
+        """Open a stream towards ``port`` for a new local connection; None if impossible now."""
+
+    def send(self, bridge: StreamBridge, data: bytes) -> Pause:
+        """Send local data on the bridge's stream; returns why reading must pause (NONE: it need not)."""
+
+    def end_stream(self, stream_id: int) -> None:
+        """The local side will send no more."""
+
+    def reset(self, stream_id: int, code: int) -> None:
+        """Abort the stream."""
+
+    def acknowledge(self, stream_id: int, length: int) -> None:
+        """``length`` bytes of peer data left our hands (the peer may send more)."""
+
+    def forget(self, bridge: StreamBridge) -> None:
+        """The bridge's local connection is gone."""
 
 
 class RefusingProtocol(asyncio.Protocol):
@@ -40,8 +72,8 @@ class StreamBridge(asyncio.Protocol):
     stream already exists; data may arrive before the socket is connected).
     """
 
-    def __init__(self, session: TunnelSession, stream_id: int | None = None, port: int = 0) -> None:
-        self.session = session
+    def __init__(self, carrier: Carrier, stream_id: int | None = None, port: int = 0) -> None:
+        self.carrier = carrier
         self.stream_id = stream_id
         self.port = port
         self.transport: asyncio.Transport | None = None
@@ -51,8 +83,7 @@ class StreamBridge(asyncio.Protocol):
         self._local_eof = False
         self._peer_eof = False
         self._done = False
-        self.window_blocked = False  # reading paused: the stream's send window is spent
-        self.congested = False       # reading paused: the session's output is backed up
+        self.paused = Pause.NONE  # why reading the socket is paused
 
     # -- asyncio.Protocol: the local socket
 
@@ -63,7 +94,7 @@ class StreamBridge(asyncio.Protocol):
             self.transport.abort()
             return
         if self.stream_id is None:
-            sid = self.session.open_stream_for(self, self.port)
+            sid = self.carrier.open_stream_for(self, self.port)
             if sid is None:
                 self._done = True
                 self.transport.abort()
@@ -79,17 +110,20 @@ class StreamBridge(asyncio.Protocol):
         if self._done or self.stream_id is None:
             return
         try:
-            if not self.session.send(self, data):
-                assert self.transport is not None
-                self.transport.pause_reading()
+            pause = self.carrier.send(self, data)
         except InvalidState:
             self.abort()
+            return
+        if pause:
+            self.paused |= pause
+            assert self.transport is not None
+            self.transport.pause_reading()
 
     def eof_received(self) -> bool:
         self._local_eof = True
         if self.stream_id is not None and not self._done:
             try:
-                self.session.end_stream(self.stream_id)
+                self.carrier.end_stream(self.stream_id)
             except InvalidState:
                 pass
         if self._peer_eof:
@@ -101,9 +135,9 @@ class StreamBridge(asyncio.Protocol):
         if self.stream_id is not None and not self._done:
             # Lost before both directions ended: the local side aborted.
             if not (self._local_eof and self._peer_eof):
-                self.session.reset(self.stream_id, ErrorCode.CANCEL)
+                self.carrier.reset(self.stream_id, ErrorCode.CANCEL)
         self._done = True
-        self.session.forget(self)
+        self.carrier.forget(self)
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -111,10 +145,10 @@ class StreamBridge(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._write_paused = False
         if self._unacked and self.stream_id is not None:
-            self.session.acknowledge(self.stream_id, self._unacked)
+            self.carrier.acknowledge(self.stream_id, self._unacked)
             self._unacked = 0
 
-    # -- called by the session for peer events
+    # -- called by the carrier
 
     def deliver(self, data: bytes) -> None:
         """Peer data for the local socket."""
@@ -127,7 +161,7 @@ class StreamBridge(asyncio.Protocol):
         if self._write_paused:
             self._unacked += len(data)
         elif self.stream_id is not None:
-            self.session.acknowledge(self.stream_id, len(data))
+            self.carrier.acknowledge(self.stream_id, len(data))
 
     def peer_ended(self) -> None:
         """The peer half-closed: no more data will come."""
@@ -135,9 +169,10 @@ class StreamBridge(asyncio.Protocol):
         if self.transport is not None:
             self._finish_writing()
 
-    def maybe_resume(self) -> None:
-        """Read the local socket again unless something still holds it back."""
-        if not (self.window_blocked or self.congested or self._done) and self.transport is not None:
+    def unpause(self, reason: Pause) -> None:
+        """``reason`` no longer holds: read the socket again unless another reason still does."""
+        self.paused &= ~reason
+        if not self.paused and not self._done and self.transport is not None:
             self.transport.resume_reading()
 
     def abort(self) -> None:
@@ -157,3 +192,20 @@ class StreamBridge(asyncio.Protocol):
         self._done = True
         if self.transport is not None:
             self.transport.close()
+
+
+async def serve_local(carrier: Carrier, bridge: StreamBridge, host: str, timeout: float,
+                      port: int | None = None) -> None:
+    """Connect a stream the peer opened to ``host:port`` (default: the port the stream names).
+
+    Resets the stream with CONNECT_FAILED if that fails.
+    """
+    assert bridge.stream_id is not None
+    target = bridge.port if port is None else port
+    loop = asyncio.get_running_loop()
+    try:
+        await asyncio.wait_for(loop.create_connection(lambda: bridge, host, target), timeout)
+    except (OSError, asyncio.TimeoutError) as exc:
+        log.info("session %s: stream %d: cannot connect to %s:%d: %s", carrier.name, bridge.stream_id,
+                 host, target, exc or "timed out")
+        carrier.reset(bridge.stream_id, ErrorCode.CONNECT_FAILED)

@@ -12,7 +12,6 @@ and ``attach`` puts the session on a new link within the grace period (§9).
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import secrets
 import time
@@ -37,15 +36,12 @@ from ..wire import (
     StreamReset,
     describe_code,
 )
-from .bridge import StreamBridge
+from .bridge import Pause, StreamBridge
+from .heartbeat import Heartbeat
 from .tasks import TaskOwner
 from .websocket import WebSocketLink
 
 log = logging.getLogger(__name__)
-
-SESSION_HEADER = "Batchtunnel-Session"
-"""Names a session in the upgrade: the broker's 101 answer says which one the agent is in; an agent's
-request names the one it wants to resume (docs/protocol.md §8)."""
 
 MAX_MESSAGE = 1024 * 1024
 """Largest WebSocket message we send; output is cut at any byte (frames may span messages)."""
@@ -103,11 +99,9 @@ class TunnelSession:
         self.resumes = 0
         self._accept = accept
         self._on_started = on_started
-        self._beat: asyncio.TimerHandle | None = None
-        self._interval = heartbeat_interval
-        self._timeout = heartbeat_timeout
+        self.heartbeat = Heartbeat(heartbeat_interval, heartbeat_timeout, self._ping, self._link_silent)
         self._bridges: dict[int, StreamBridge] = {}
-        self._congested: list[StreamBridge] = []
+        self._congested: dict[StreamBridge, None] = {}  # paused for OUTPUT, in order
         self._tasks = TaskOwner(f"session {name}")
         self._loop = asyncio.get_running_loop()
         self._started: asyncio.Future[None] = self._loop.create_future()
@@ -118,11 +112,7 @@ class TunnelSession:
         self._finished: asyncio.Future[None] = self._loop.create_future()
         self._flush_scheduled = False
         self._close_sent = False
-        self._last_heard = self._loop.time()
-        self._ping_ids = itertools.count()
-        self._ping: tuple[bytes, float] | None = None  # the outstanding heartbeat: payload, time sent
         self.closed: ConnectionClosed | None = None
-        self.rtt: float | None = None
         self.bytes_in = 0
         self.bytes_out = 0
         self.streams_accepted = 0  # opened by the peer
@@ -132,14 +122,12 @@ class TunnelSession:
     async def run(self) -> ConnectionClosed:
         """Serve until the session ends: its link is lost (and, with resumption, no new one is attached
         within the grace period), or it is closed. Never raises for a peer's misbehaviour."""
-        # The heartbeat is a timer, not a task: an idle session on the broker should cost little.
-        self._beat = self._loop.call_later(self._interval, self._heartbeat)
+        self.heartbeat.start()
         self._flush()  # our HELLO
         try:
             await self._over
         finally:
-            if self._beat is not None:
-                self._beat.cancel()
+            self.heartbeat.stop()
             if self._grace_timer is not None:
                 self._grace_timer.cancel()
             if not self._link_down.done():
@@ -179,6 +167,11 @@ class TunnelSession:
         await asyncio.shield(self._link_down)
 
     @property
+    def rtt(self) -> float | None:
+        """The last heartbeat's round trip, seconds."""
+        return self.heartbeat.rtt
+
+    @property
     def suspended(self) -> bool:
         """The link is lost; streams wait for ``attach`` (resumption)."""
         return self.suspended_since is not None and self.closed is None
@@ -200,17 +193,13 @@ class TunnelSession:
         if self._grace_timer is not None:
             self._grace_timer.cancel()
             self._grace_timer = None
-        if self._beat is not None:
-            self._beat.cancel()
         self.link = link
         link.receiver = self
         self._close_sent = False
-        self._ping = None
-        self._last_heard = self._loop.time()
         if self._link_down.done():
             self._link_down = self._loop.create_future()
         self.conn.resume()
-        self._beat = self._loop.call_later(self._interval, self._heartbeat)
+        self.heartbeat.start()
         self._kick()  # the link may still be answering the upgrade: write once the callback is done
 
     def close(self, code: int = ErrorCode.SHUTTING_DOWN, reason: str = "closing") -> None:
@@ -222,7 +211,7 @@ class TunnelSession:
     # --------------------------------------------------- the link's receiver
 
     def message_received(self, data: bytes) -> None:
-        self._last_heard = self._loop.time()
+        self.heartbeat.heard()
         self.bytes_in += len(data)
         self.conn.receive_data(data)
         self._process()
@@ -231,8 +220,7 @@ class TunnelSession:
         self._flush()
 
     def link_lost(self) -> None:
-        if self._beat is not None:
-            self._beat.cancel()
+        self.heartbeat.stop()
         # A peer that leaves on purpose says so with GOAWAY (the session is closed by then). A bare
         # WebSocket close is treated as a lost transport: proxies that kill WebSockets send one too.
         if self.closed is None and self._grace > 0 and not self._over.done() and self.conn.suspend():
@@ -265,17 +253,19 @@ class TunnelSession:
         self._kick()
         return sid
 
-    def send(self, bridge: StreamBridge, data: bytes) -> bool:
-        """Send local data on ``bridge``'s stream. False: pause reading until ``bridge.maybe_resume()``."""
+    def send(self, bridge: StreamBridge, data: bytes) -> Pause:
+        """Send local data on ``bridge``'s stream; returns why the bridge must stop reading, if it must:
+        its window is spent (until StreamDrained), or our output is backed up (until the link takes it)."""
         assert bridge.stream_id is not None
         self.bytes_out += len(data)
+        pause = Pause.NONE
         if not self.conn.send_data(bridge.stream_id, data):
-            bridge.window_blocked = True
-        if self.conn.bytes_to_send > OUTPUT_HIGH and not bridge.congested:
-            bridge.congested = True
-            self._congested.append(bridge)
+            pause |= Pause.WINDOW
+        if self.conn.bytes_to_send > OUTPUT_HIGH:
+            pause |= Pause.OUTPUT
+            self._congested[bridge] = None
         self._kick()
-        return not (bridge.window_blocked or bridge.congested)
+        return pause
 
     def end_stream(self, stream_id: int) -> None:
         self.conn.end_stream(stream_id)
@@ -312,35 +302,26 @@ class TunnelSession:
             data = self.conn.data_to_send()
             if data:
                 if self._congested:  # the queue is taken: let the paused sockets refill it
-                    congested, self._congested = self._congested, []
+                    congested, self._congested = self._congested, {}
                     for bridge in congested:
-                        bridge.congested = False
-                        bridge.maybe_resume()
+                        bridge.unpause(Pause.OUTPUT)
                 for start in range(0, len(data), MAX_MESSAGE):
                     self.link.write(data[start:start + MAX_MESSAGE])
         if self.closed is not None and not self._close_sent:
             self._close_sent = True
             self.link.close(_close_code(self.closed.code), self.closed.reason[:120])
 
-    def _heartbeat(self) -> None:
-        silent = self._loop.time() - self._last_heard
-        if silent > self._timeout:
-            log.warning(
-                "session %s: nothing heard for %.1f s (timeout %.1f s); dropping the link",
-                self.name, silent, self._timeout,
-            )
-            if self.resumable:  # the session waits for a new link: say nothing on this one
-                self.link.abort()
-                return
-            self.conn.go_away(ErrorCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
-            self._process()
-            self.link.abort()
-            return
-        payload = next(self._ping_ids).to_bytes(8, "big")
-        self._ping = (payload, self._loop.time())
+    def _ping(self, payload: bytes) -> None:
         self.conn.ping(payload)
         self._kick()
-        self._beat = self._loop.call_later(self._interval, self._heartbeat)
+
+    def _link_silent(self, silent: float) -> None:
+        log.warning("session %s: nothing heard for %.1f s (timeout %.1f s); dropping the link",
+                    self.name, silent, self.heartbeat.timeout)
+        if not self.resumable:  # else the session waits for a new link: say nothing on this one
+            self.conn.go_away(ErrorCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
+            self._process()
+        self.link.abort()
 
     # --------------------------------------------------------------- events
 
@@ -353,8 +334,7 @@ class TunnelSession:
             elif isinstance(event, StreamDrained):
                 bridge = self._bridges.get(event.stream_id)
                 if bridge is not None:
-                    bridge.window_blocked = False
-                    bridge.maybe_resume()
+                    bridge.unpause(Pause.WINDOW)
             elif isinstance(event, StreamEnded):
                 bridge = self._bridges.get(event.stream_id)
                 if bridge is not None:
@@ -369,9 +349,7 @@ class TunnelSession:
             elif isinstance(event, StreamOpened):
                 self._on_stream_opened(event.stream_id, event.port)
             elif isinstance(event, PingAcknowledged):
-                if self._ping is not None and self._ping[0] == event.payload:
-                    self.rtt = self._loop.time() - self._ping[1]
-                    self._ping = None
+                self.heartbeat.acknowledged(event.payload)
             elif isinstance(event, SessionStarted):
                 if not self._started.done():
                     self._started.set_result(None)
@@ -403,23 +381,6 @@ class TunnelSession:
         bridge = StreamBridge(self, stream_id, port)
         self._bridges[stream_id] = bridge
         self._tasks.spawn(self._accept(self, bridge), f"accept {stream_id}")
-
-
-async def serve_local(session: TunnelSession, bridge: StreamBridge, host: str, timeout: float,
-                      port: int | None = None) -> None:
-    """Connect a stream the peer opened to ``host:port`` (default: the port the stream names).
-
-    Resets the stream with CONNECT_FAILED if that fails.
-    """
-    assert bridge.stream_id is not None
-    target = bridge.port if port is None else port
-    loop = asyncio.get_running_loop()
-    try:
-        await asyncio.wait_for(loop.create_connection(lambda: bridge, host, target), timeout)
-    except (OSError, asyncio.TimeoutError) as exc:
-        log.info("session %s: stream %d: cannot connect to %s:%d: %s", session.name, bridge.stream_id,
-                 host, target, exc or "timed out")
-        session.reset(bridge.stream_id, ErrorCode.CONNECT_FAILED)
 
 
 def _close_code(code: int) -> int:

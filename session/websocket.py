@@ -1,12 +1,9 @@
 """One WebSocket connection carrying a tunnel session, driven synchronously.
 
-``WebSocketLink`` is an ``asyncio.Protocol``. The opening handshake goes through
-websockets' sans-I/O protocol (``ClientProtocol`` in the agent,
-``ServerProtocol`` in the broker): HTTP parsing, validation, Sec-WebSocket-Accept.
-The link splits the HTTP head off the byte stream itself, so once the
-connection is open every later byte goes to our frame codec (``wsframes``).
-Everything on the data path then happens inside transport callbacks: no task
-switch per message, no queue between layers.
+``WebSocketLink`` is an ``asyncio.Protocol``. The opening handshake is ``handshake.py``'s (on
+websockets' sans-I/O protocols); once the connection is open every byte goes to our frame codec
+(``wsframes``). Everything on the data path then happens inside transport callbacks: no task switch
+per message, no queue between layers.
 
 Client (agent)::
 
@@ -26,50 +23,23 @@ import asyncio
 import enum
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol, cast
 
-from websockets.client import ClientProtocol
-from websockets.http11 import Request, Response
-from websockets.protocol import Protocol as WsProtocol
-from websockets.server import ServerProtocol
-from websockets.uri import parse_uri
+from websockets.http11 import Request
 
 from ..wire import FramingError, HandshakeRejected, PeerRejected
+from .handshake import MAX_HEAD, Handshake, Refusal
 from .wsframes import Buffer, CloseCode, Control, FrameParser, Opcode, encode, encode_close
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_IN = 2 * 1024 * 1024
 """Largest WebSocket frame accepted; our sender never sends more than 1 MiB."""
-MAX_HEAD = 16 * 1024
-"""Largest HTTP head accepted during the opening handshake."""
 CLOSE_TIMEOUT = 2.0
 WRITE_HIGH = 512 * 1024
 """The socket's write buffer above which the link reports itself not writable."""
 MAX_HELD = 4 * 1024 * 1024
 """Messages kept for a receiver not chosen yet (an agent deciding whether it resumes), at most."""
-
-
-class _WarningsOnly(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """websockets logs every handshake header at DEBUG, the agent's Authorization header included, and
-    each connection at INFO (ours say more). Its protocol objects get this logger, which passes only
-    warnings and errors whatever the configured level."""
-
-    def isEnabledFor(self, level: int) -> bool:
-        return level >= logging.WARNING and self.logger.isEnabledFor(level)
-
-
-HANDSHAKE_LOG = _WarningsOnly(logging.getLogger(__name__ + ".handshake"), {})
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """A server's answer refusing an upgrade: an HTTP status, a one-line text, extra headers."""
-
-    status: int
-    text: str
-    headers: tuple[tuple[str, str], ...] = ()
 
 
 class Receiver(Protocol):
@@ -97,10 +67,10 @@ class Phase(enum.Enum):
 class WebSocketLink(asyncio.Protocol):
     """A WebSocket connection whose binary messages go to ``receiver``."""
 
-    def __init__(self, ws: WsProtocol, on_request: OnRequest | None = None,
+    def __init__(self, handshake: Handshake, client: bool, on_request: OnRequest | None = None,
                  handshake_timeout: float | None = None, on_handshake_end: Callable[[], None] | None = None,
                  verify_peer: VerifyPeer | None = None) -> None:
-        self._ws: WsProtocol | None = ws  # only the opening handshake needs it; dropped once open
+        self._hs: Handshake | None = handshake  # only the opening handshake needs it; dropped once open
         self._receiver: Receiver | None = None
         self._held: list[bytes] = []  # messages that arrived before a receiver was set
         self._held_size = 0
@@ -110,40 +80,28 @@ class WebSocketLink(asyncio.Protocol):
         self.peer_host = "?"
         self.phase = Phase.HANDSHAKE
         self.close_code: int | None = None
-        self._client = isinstance(ws, ClientProtocol)
+        self._client = client
         self._parser = FrameParser(masked=not self._client, max_payload=MAX_MESSAGE_IN)
         self._on_request = on_request
         self._handshake_timeout = handshake_timeout
         self._transport: asyncio.Transport | None = None
         self._writable = True
-        self._head = bytearray()
-        self._head_done = False
         self._handshake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._lost = False
         self._timer: asyncio.TimerHandle | None = None
-        self._request: Request | None = None
         self._on_handshake_end = on_handshake_end
         self._verify_peer = verify_peer
 
     @classmethod
     def client(cls, url: str, headers: dict[str, str], verify_peer: VerifyPeer | None = None) -> WebSocketLink:
-        ws = ClientProtocol(parse_uri(url), max_size=MAX_MESSAGE_IN, logger=HANDSHAKE_LOG)
-        link = cls(ws, verify_peer=verify_peer)
-        request = ws.connect()
-        for name, value in headers.items():
-            if name in request.headers:
-                del request.headers[name]
-            request.headers[name] = value
-        link._request = request
-        return link
+        return cls(Handshake.client(url, headers, MAX_MESSAGE_IN), True, verify_peer=verify_peer)
 
     @classmethod
     def server(cls, on_request: OnRequest, handshake_timeout: float,
                on_handshake_end: Callable[[], None] | None = None) -> WebSocketLink:
         """``on_handshake_end`` is called once, when the upgrade request is answered or the connection
         ends before that (the broker counts connections waiting to authenticate with it)."""
-        return cls(ServerProtocol(max_size=MAX_MESSAGE_IN, logger=HANDSHAKE_LOG), on_request, handshake_timeout,
-                   on_handshake_end)
+        return cls(Handshake.server(MAX_MESSAGE_IN), False, on_request, handshake_timeout, on_handshake_end)
 
     # -- what a session uses
 
@@ -203,15 +161,14 @@ class WebSocketLink(asyncio.Protocol):
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.peer_host = str(peer[0]) if peer else "?"
         if self._client:
-            ws = self._ws
-            assert isinstance(ws, ClientProtocol) and self._request is not None
+            assert self._hs is not None
             problem = self._verify_peer(transport) if self._verify_peer is not None else None
             if problem is not None:  # before the request: its headers carry the credential
                 self._handshake.set_exception(PeerRejected(problem))
                 self.abort()
                 return
-            ws.send_request(self._request)
-            self._flush_ws()
+            self._hs.send_request()
+            self._flush_handshake()
             return
         if self._handshake_timeout is not None:
             # Slowloris guard: the upgrade must complete in time (the session adds its own HELLO timeout).
@@ -224,9 +181,9 @@ class WebSocketLink(asyncio.Protocol):
             self._frames(data)
 
     def eof_received(self) -> bool | None:
-        if self.phase is Phase.HANDSHAKE and self._head_done and self._ws is not None:
-            self._ws.receive_eof()  # a refusal whose body ends at EOF
-            self._handshake_events()
+        if self.phase is Phase.HANDSHAKE and self._hs is not None:
+            self._hs.receive_eof()  # a refusal whose body ends at EOF
+            self._handshake_progress()
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -249,98 +206,76 @@ class WebSocketLink(asyncio.Protocol):
         if self._receiver is not None:
             self._receiver.writing_resumed()
 
-    # -- opening handshake (websockets)
+    # -- opening handshake (handshake.py)
 
     def _handshake_data(self, data: bytes) -> None:
-        ws = self._ws
-        assert ws is not None
-        if self._head_done:  # a refusal's body: websockets reads it
-            ws.receive_data(data)
-            self._handshake_events()
+        hs = self._hs
+        assert hs is not None
+        rest = hs.receive_data(data)
+        if hs.head_too_large:
+            log.warning("connection from %s: HTTP head over %d bytes; dropped", self.peer, MAX_HEAD)
+            self.abort()
             return
-        self._head += data
-        end = self._head.find(b"\r\n\r\n")
-        if end < 0:
-            if len(self._head) > MAX_HEAD:
-                log.warning("connection from %s: HTTP head over %d bytes; dropped", self.peer, MAX_HEAD)
-                self.abort()
+        if not hs.head_done:
             return
-        head, rest = bytes(self._head[:end + 4]), bytes(self._head[end + 4:])
-        self._head_done = True
-        self._head.clear()
-        ws.receive_data(head)
-        self._handshake_events()
+        self._handshake_progress()
         if rest:
             if self.phase is Phase.OPEN:
                 self._frames(rest)
             elif self.phase is Phase.HANDSHAKE:
-                ws.receive_data(rest)
-                self._handshake_events()
+                hs.receive_body(rest)
+                self._handshake_progress()
 
-    def _handshake_events(self) -> None:
-        assert self._ws is not None
-        for event in self._ws.events_received():
-            if isinstance(event, Request):
-                self._on_upgrade_request(event)
-            elif isinstance(event, Response):
-                self._on_upgrade_response(event)
-        self._flush_ws()
+    def _handshake_progress(self) -> None:
+        """Act on what the handshake has: the client's request (server), the server's answer (client)."""
+        hs = self._hs
+        assert hs is not None
+        if self._client:
+            self._on_upgrade_response(hs)
+        else:
+            request = hs.upgrade_request()
+            if request is not None:
+                self._on_upgrade_request(hs, request)
+        self._flush_handshake()
         if self.phase is Phase.OPEN:
-            self._ws = None
+            self._hs = None
 
-    def _on_upgrade_request(self, request: Request) -> None:
-        ws = self._ws
-        assert isinstance(ws, ServerProtocol) and self._on_request is not None
+    def _on_upgrade_request(self, hs: Handshake, request: Request) -> None:
+        assert self._on_request is not None and self._transport is not None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         self._end_handshake()
         refusal = self._on_request(self, request)
         if refusal is None:
-            response = ws.accept(request)
-            for name, value in self.accept_headers:
-                response.headers[name] = value
-            ws.send_response(response)
+            hs.accept(request, self.accept_headers)
             self.phase = Phase.OPEN
         else:
-            self._refuse(refusal)
-
-    def _refuse(self, refusal: Refusal) -> None:
-        """Server: answer with ``refusal`` and close once it is written."""
-        ws = self._ws
-        assert isinstance(ws, ServerProtocol) and self._transport is not None
-        response = ws.reject(refusal.status, refusal.text)
-        for name, value in refusal.headers:
-            response.headers[name] = value
-        ws.send_response(response)
-        self._flush_ws()
-        self._transport.close()
+            hs.reject(refusal)
+            self._flush_handshake()
+            self._transport.close()  # once the refusal is written
 
     def _end_handshake(self) -> None:
         callback, self._on_handshake_end = self._on_handshake_end, None
         if callback is not None:
             callback()
 
-    def _on_upgrade_response(self, response: Response) -> None:
-        if self._handshake.done() or self._ws is None:
+    def _on_upgrade_response(self, hs: Handshake) -> None:
+        if self._handshake.done():
             return
-        if self._ws.handshake_exc is None:
-            self.response_headers = {name.lower(): value for name, value in response.headers.raw_items()}
+        answer = hs.response()
+        if isinstance(answer, HandshakeRejected):
+            self._handshake.set_exception(answer)
+        elif answer is not None:
+            self.response_headers = answer
             self.phase = Phase.OPEN
             self._handshake.set_result(None)
-            self._request = None
-        else:
-            body = (response.body or b"").decode("utf-8", "replace").strip()[:200]
-            retry = response.headers.get("Retry-After", "")
-            retry_after = float(retry) if retry.isdigit() else None
-            self._handshake.set_exception(HandshakeRejected(response.status_code, body, retry_after))
 
-    def _flush_ws(self) -> None:
-        if self._transport is None or self._ws is None:
+    def _flush_handshake(self) -> None:
+        if self._transport is None or self._hs is None:
             return
-        for chunk in self._ws.data_to_send():
-            if chunk:
-                self._transport.write(chunk)
+        for chunk in self._hs.data_to_send():
+            self._transport.write(chunk)
 
     # -- open connection (wsframes)
 

@@ -41,11 +41,12 @@ from .exceptions import (
     ProtocolError,
     TunnelError,
 )
+from .frames import SERVICE_HUB_API
 from .hello import Negotiated, Settings
 from .states import State
 
 __all__ = [
-    "ApiError", "AuthenticationError", "ConfigurationError", "ConnectToJobError", "Connection",
+    "SERVICE_HUB_API", "ApiError", "AuthenticationError", "ConfigurationError", "ConnectToJobError", "Connection",
     "ConnectionClosed", "ConnectionTerminated", "DataReceived", "ErrorCode", "Event", "FlowControlError",
     "FrameTooLarge", "FramingError", "GoAwayReceived", "HandshakeFailed", "HandshakeRejected", "InvalidState",
     "JobEndedError", "Negotiated", "OptionsError", "PeerRejected", "PingAcknowledged", "ProtocolError",

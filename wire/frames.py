@@ -31,6 +31,9 @@ MAX_WINDOW = 2**31 - 1
 MAX_REASON_BYTES = 512
 MAX_HELLO_BYTES = 4096
 
+SERVICE_HUB_API = 1
+"""The port an agent-opened stream names to reach the hub's API through the broker (§5.1): agents
+open streams to services, not ports, and this is the only one."""
 MAX_OFFSET = 2**63 - 1
 """The largest byte offset in a stream that WINDOW_UPDATE and RESUME can carry (resume)."""
 
