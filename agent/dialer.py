@@ -126,7 +126,7 @@ class Agent:
 
     def _hub_api_protocol(self) -> asyncio.Protocol:
         session = self.session
-        if session is None or not session.started or session.closed is not None:
+        if session is None or not session.carries_streams:
             log.warning("hub API connection refused: not connected to the broker")
             return RefusingProtocol()
         return StreamBridge(session, None, SERVICE_HUB_API)

@@ -25,7 +25,6 @@ from aiohttp import web
 from .. import __version__
 from ..wire import ApiError
 from . import tokens
-from .exposure import Exposure
 from .registry import Registry
 from .store import ExposureRecord
 
@@ -131,7 +130,7 @@ class Api:
             if other is tunnel and existing.rport == rport:
                 return web.json_response(existing.as_json(), status=200)
             return _error(409, f"{host}:{port} is already exposed for tunnel {other.id}")
-        exposure = Exposure(tunnel, host, port, rport)
+        exposure = tunnel.expose(host, port, rport)
         try:
             await exposure.open()
         except OSError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import secrets
@@ -9,8 +10,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..session import TunnelSession
-from ..wire import ApiError, AuthenticationError, ErrorCode
+from ..session import RefusingProtocol, StreamBridge, TunnelSession
+from ..wire import ApiError, AuthenticationError, ErrorCode, describe_code
 from . import tokens
 from .exposure import Exposure
 from .store import Store, TunnelRecord
@@ -52,11 +53,30 @@ class Tunnel:
             return ErrorCode.CREDENTIAL_EXPIRED
         return None
 
+    def connection_made(self, rport: int) -> asyncio.Protocol:
+        """A hub-side connection to one of the tunnel's exposures: a stream to ``rport`` on the agent's
+        node, or a refusal (the client sees a reset) when no session of this tunnel can carry it."""
+        self.connections_total += 1
+        session = self.session
+        if session is None or not session.carries_streams:
+            log.info("tunnel %s: connection to node port %d refused: no agent connected", self.id, rport)
+            return RefusingProtocol()
+        refusal = self.refusal(session, time.time())  # checked for every stream
+        if refusal is not None:
+            log.warning("tunnel %s: connection to node port %d refused: %s", self.id, rport, describe_code(refusal))
+            session.close(refusal, "this session no longer holds the tunnel")
+            return RefusingProtocol()
+        return StreamBridge(session, None, rport)
+
+    def expose(self, host: str, port: int, rport: int) -> Exposure:
+        """A new (not yet open) exposure of this tunnel on ``host:port``."""
+        return Exposure(self.id, host, port, rport, self.connection_made)
+
     @property
     def agent_connected(self) -> bool:
         """The agent's session is up, on a live link (not waiting for the agent to come back)."""
         session = self.session
-        return session is not None and session.started and session.closed is None and not session.suspended
+        return session is not None and session.carries_streams and not session.suspended
 
     def as_json(self) -> dict[str, Any]:
         """The public view: never the token or its hash."""

@@ -13,7 +13,6 @@ from .acceptor import AgentListener
 from .admission import Admission
 from .agent_endpoint import AgentEndpoint
 from .api import Api
-from .exposure import Exposure
 from .registry import Registry
 from .store import Store
 
@@ -135,7 +134,7 @@ class Broker:
             tunnel = self.registry.tunnels.get(record.tunnel_id)
             if tunnel is None:
                 continue
-            exposure = Exposure(tunnel, record.host, record.port, record.rport)
+            exposure = tunnel.expose(record.host, record.port, record.rport)
             try:
                 await exposure.open()
             except OSError as exc:

@@ -172,6 +172,12 @@ class TunnelSession:
         return self.heartbeat.rtt
 
     @property
+    def carries_streams(self) -> bool:
+        """A new stream may be opened now: the HELLOs were exchanged and the session is not over. While
+        suspended it may: the stream waits for the next link (resumption)."""
+        return self.started and self.closed is None
+
+    @property
     def suspended(self) -> bool:
         """The link is lost; streams wait for ``attach`` (resumption)."""
         return self.suspended_since is not None and self.closed is None
