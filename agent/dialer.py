@@ -6,13 +6,13 @@ import asyncio
 import hashlib
 import logging
 import random
-import re
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from .. import __version__
+from ..certs.fingerprint import format_fingerprint, parse_fingerprint
 from ..session import (
     SESSION_HEADER,
     RefusingProtocol,
@@ -36,20 +36,6 @@ from ..wire import (
 log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
-FINGERPRINT_RE = re.compile(r"^sha256:((?:[0-9A-Fa-f]{2}:?){32})$")
-
-
-def parse_fingerprint(text: str) -> bytes:
-    """``sha256:AB:CD:…`` (colons optional, any case; as ``batchtunnel certs show`` prints it) -> digest."""
-    match = FINGERPRINT_RE.match(text.strip())
-    if match is None or match.group(1).endswith(":"):
-        raise ConfigurationError(f"--fingerprint must read sha256: and 32 hex bytes, as `batchtunnel certs "
-                                 f"show` prints them, not {text!r}")
-    return bytes.fromhex(match.group(1).replace(":", ""))
-
-
-def format_fingerprint(digest: bytes) -> str:
-    return "sha256:" + ":".join(f"{b:02X}" for b in digest)
 
 
 @dataclass

@@ -14,6 +14,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from .fingerprint import format_fingerprint
+
 PrivateKey = ec.EllipticCurvePrivateKey
 
 
@@ -86,8 +88,7 @@ def issue_server(
 
 def fingerprint(cert: x509.Certificate) -> str:
     """``sha256:AB:CD:...`` of the DER certificate."""
-    digest = cert.fingerprint(hashes.SHA256())
-    return "sha256:" + ":".join(f"{b:02X}" for b in digest)
+    return format_fingerprint(cert.fingerprint(hashes.SHA256()))
 
 
 def cert_pem(cert: x509.Certificate) -> bytes:

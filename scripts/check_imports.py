@@ -16,6 +16,7 @@ and the third-party packages THIRD_PARTY names for it):
     client    the hub side's client of the broker: the standard library only
     certs     cryptography
     broker    the server (aiohttp)        agent   inside the batch job: no aiohttp, no JupyterHub
+                                          (certs/fingerprint.py only, of certs: no cryptography)
     spawner   JupyterHub                  cli     the command: may reach every part (lazily)
 
 Exit status 0 when all holds; 1, with one line per problem, otherwise.
@@ -36,7 +37,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "client": {"wire"},
     "certs": {"wire"},
     "broker": {"", "wire", "session"},
-    "agent": {"", "wire", "session"},
+    "agent": {"", "wire", "session", "certs"},
     "spawner": {"", "wire", "client"},
     "cli": {"", *PARTS},
 }

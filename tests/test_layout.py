@@ -37,3 +37,17 @@ def test_a_cycle_and_a_broken_layer_are_found(tmp_path: Path) -> None:
     assert "import cycle: batchtunnel.wire.a -> batchtunnel.wire.b -> batchtunnel.wire.a" in result.stdout
     assert "wire/c.py:1: wire may not import session" in result.stdout
     assert "wire/c.py:2: wire may not import aiohttp" in result.stdout
+
+
+def test_each_side_loads_only_what_it_needs() -> None:
+    """The agent runs in batch jobs (websockets only); the hub side reaches the broker without loading
+    its server. Checked on the modules a fresh interpreter holds after the imports."""
+    probe = (
+        "import sys, batchtunnel.agent, batchtunnel.client, batchtunnel.cli.main\n"
+        "agent_side = sorted(m for m in ('aiohttp', 'cryptography', 'jupyterhub', 'batchtunnel.broker') "
+        "if m in sys.modules)\n"
+        "import batchtunnel.spawner\n"
+        "print(agent_side, 'batchtunnel.broker' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.strip() == "[] False"
