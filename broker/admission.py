@@ -2,8 +2,9 @@
 
 Both protect the agent endpoint, the one port the broker opens to the network:
 
-- at most ``max_pending`` connections may sit between TLS and a decided WebSocket
-  upgrade; one more is answered 503 at once (a slowloris crowd cannot fill memory);
+- at most ``max_pending`` connections may sit between their accept and a decided WebSocket
+  upgrade; one more is closed at the accept, before any TLS state exists (acceptor.py: a
+  slowloris crowd cannot fill memory);
 - an address that fails authentication ``failure_limit`` times in a row is refused
   with 429 and Retry-After for a while, doubling from 1 s up to ``max_block``; a
   success clears it. A whole cluster behind one NAT address shares that counter, so
@@ -14,11 +15,8 @@ No I/O here: the caller passes the time, so the rules are testable alone.
 
 from __future__ import annotations
 
-import logging
 from collections import OrderedDict
 from dataclasses import dataclass
-
-log = logging.getLogger(__name__)
 
 MAX_ADDRESSES = 4096
 """Addresses whose failures are remembered; the one failing least recently is forgotten first."""

@@ -14,10 +14,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
-import logging
 from collections.abc import Callable
-
-log = logging.getLogger(__name__)
 
 
 def _load_malloc_trim() -> Callable[[int], int] | None:
@@ -38,7 +35,6 @@ class Trimmer:
 
     def __init__(self, delay: float = 1.0) -> None:
         self.delay = delay
-        self.trims = 0
         self._trim = _load_malloc_trim()
         self._pending: asyncio.TimerHandle | None = None
 
@@ -51,7 +47,6 @@ class Trimmer:
         self._pending = None
         if self._trim is not None:
             self._trim(0)
-            self.trims += 1
 
     def cancel(self) -> None:
         if self._pending is not None:

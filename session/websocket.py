@@ -79,7 +79,6 @@ class WebSocketLink(asyncio.Protocol):
         self.peer = "?"
         self.peer_host = "?"
         self.phase = Phase.HANDSHAKE
-        self.close_code: int | None = None
         self._client = client
         self._parser = FrameParser(masked=not self._client, max_payload=MAX_MESSAGE_IN)
         self._on_request = on_request
@@ -314,7 +313,6 @@ class WebSocketLink(asyncio.Protocol):
                 for part in encode(Opcode.PONG, frame.payload, self._client):
                     self._transport.write(part)
         elif frame.opcode is Opcode.CLOSE:
-            self.close_code = frame.code
             if self.phase is Phase.OPEN:  # echo it, then the TCP connection ends
                 echo = frame.code if frame.code != CloseCode.NO_STATUS else CloseCode.NORMAL
                 self._send_close(echo, "")
