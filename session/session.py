@@ -18,24 +18,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from ..wire import (
-    Connection,
-    ConnectionClosed,
-    ConnectionTerminated,
-    DataReceived,
-    ErrorCode,
-    GoAwayReceived,
-    InvalidState,
-    PingAcknowledged,
-    SessionResumed,
-    SessionStarted,
-    State,
-    StreamDrained,
-    StreamEnded,
-    StreamOpened,
-    StreamReset,
-    describe_code,
-)
+from ..wire import Connection, ConnectionClosed, ErrorCode, InvalidState, State, describe_code, events
 from .bridge import Pause, StreamBridge
 from .heartbeat import Heartbeat
 from .tasks import TaskOwner
@@ -333,51 +316,48 @@ class TunnelSession:
 
     def _process(self) -> None:
         for event in self.conn.events_received():
-            if isinstance(event, DataReceived):
-                bridge = self._bridges.get(event.stream_id)
-                if bridge is not None:
-                    bridge.deliver(event.data)
-            elif isinstance(event, StreamDrained):
-                bridge = self._bridges.get(event.stream_id)
-                if bridge is not None:
-                    bridge.unpause(Pause.WINDOW)
-            elif isinstance(event, StreamEnded):
-                bridge = self._bridges.get(event.stream_id)
-                if bridge is not None:
-                    bridge.peer_ended()
-            elif isinstance(event, StreamReset):
-                bridge = self._bridges.pop(event.stream_id, None)
-                if bridge is not None:
-                    bridge.abort()
-                if log.isEnabledFor(logging.DEBUG):
-                    log.debug("session %s: stream %d reset (%s)", self.name, event.stream_id,
-                              describe_code(event.code))
-            elif isinstance(event, StreamOpened):
-                self._on_stream_opened(event.stream_id, event.port)
-            elif isinstance(event, PingAcknowledged):
-                self.heartbeat.acknowledged(event.payload)
-            elif isinstance(event, SessionStarted):
-                if not self._started.done():
-                    self._started.set_result(None)
-                    if self._on_started is not None:
-                        self._on_started()
-            elif isinstance(event, GoAwayReceived):
-                log.info("session %s: peer is going away: %s (%s)", self.name, event.reason or "-",
-                         describe_code(event.code))
-            elif isinstance(event, SessionResumed):
-                self.resumes += 1
-                down = time.time() - self.suspended_since if self.suspended_since is not None else 0.0
-                self.suspended_since = None
-                log.info("session %s: resumed after %.1f s: %d streams carried on, %d bytes sent again, "
-                         "%d reset (the peer had lost them)", self.name, down, event.streams, event.replayed,
-                         event.lost)
-            elif isinstance(event, ConnectionTerminated):
-                self.closed = ConnectionClosed(event.code, event.reason)
-                if event.local and self.conn.error is not None:
-                    log.warning("session %s: peer broke the protocol: %s", self.name, event.reason)
-                if self._link_down.done() and not self._over.done():
-                    self._over.set_result(None)  # no link to close
+            match event:
+                case events.DataReceived(stream_id=sid, data=data):
+                    if (bridge := self._bridges.get(sid)) is not None:
+                        bridge.deliver(data)
+                case events.StreamDrained(stream_id=sid):
+                    if (bridge := self._bridges.get(sid)) is not None:
+                        bridge.unpause(Pause.WINDOW)
+                case events.StreamEnded(stream_id=sid):
+                    if (bridge := self._bridges.get(sid)) is not None:
+                        bridge.peer_ended()
+                case events.StreamReset(stream_id=sid, code=code):
+                    if (bridge := self._bridges.pop(sid, None)) is not None:
+                        bridge.abort()
+                    if log.isEnabledFor(logging.DEBUG):
+                        log.debug("session %s: stream %d reset (%s)", self.name, sid, describe_code(code))
+                case events.StreamOpened(stream_id=sid, port=port):
+                    self._on_stream_opened(sid, port)
+                case events.PingAcknowledged(payload=payload):
+                    self.heartbeat.acknowledged(payload)
+                case events.SessionStarted():
+                    if not self._started.done():
+                        self._started.set_result(None)
+                        if self._on_started is not None:
+                            self._on_started()
+                case events.GoAwayReceived(code=code, reason=reason):
+                    log.info("session %s: peer is going away: %s (%s)", self.name, reason or "-", describe_code(code))
+                case events.SessionResumed():
+                    self._on_resumed(event)
+                case events.ConnectionTerminated(code=code, reason=reason, local=local):
+                    self.closed = ConnectionClosed(code, reason)
+                    if local and self.conn.error is not None:
+                        log.warning("session %s: peer broke the protocol: %s", self.name, reason)
+                    if self._link_down.done() and not self._over.done():
+                        self._over.set_result(None)  # no link to close
         self._kick()
+
+    def _on_resumed(self, event: events.SessionResumed) -> None:
+        self.resumes += 1
+        down = time.time() - self.suspended_since if self.suspended_since is not None else 0.0
+        self.suspended_since = None
+        log.info("session %s: resumed after %.1f s: %d streams carried on, %d bytes sent again, "
+                 "%d reset (the peer had lost them)", self.name, down, event.streams, event.replayed, event.lost)
 
     def _on_stream_opened(self, stream_id: int, port: int) -> None:
         if self._accept is None:

@@ -19,6 +19,7 @@ from .events import (
     SessionStarted,
     StreamDrained,
     StreamEnded,
+    StreamEvent,
     StreamId,
     StreamOpened,
     StreamReset,
@@ -46,10 +47,10 @@ from .hello import Negotiated, Settings
 from .states import State
 
 __all__ = [
-    "SERVICE_HUB_API", "ApiError", "AuthenticationError", "ConfigurationError", "ConnectToJobError", "Connection",
+    "ApiError", "AuthenticationError", "ConfigurationError", "ConnectToJobError", "Connection",
     "ConnectionClosed", "ConnectionTerminated", "DataReceived", "ErrorCode", "Event", "FlowControlError",
     "FrameTooLarge", "FramingError", "GoAwayReceived", "HandshakeFailed", "HandshakeRejected", "InvalidState",
     "JobEndedError", "Negotiated", "OptionsError", "PeerRejected", "PingAcknowledged", "ProtocolError",
-    "SessionResumed", "SessionStarted", "Settings", "Side", "State", "StreamDrained", "StreamEnded", "StreamId",
-    "StreamOpened", "StreamReset", "TunnelError", "describe_code"
+    "SERVICE_HUB_API", "SessionResumed", "SessionStarted", "Settings", "Side", "State", "StreamDrained",
+    "StreamEnded", "StreamEvent", "StreamId", "StreamOpened", "StreamReset", "TunnelError", "describe_code"
 ]

@@ -34,44 +34,44 @@ class SessionResumed:
 
 
 @dataclass(frozen=True)
-class StreamOpened:
-    """The peer opened a stream towards ``port``. Connect it, or reset it."""
+class StreamEvent:
+    """Something that happened on one stream (the events below, to ``StreamDrained``)."""
 
     stream_id: StreamId
+
+
+@dataclass(frozen=True)
+class StreamOpened(StreamEvent):
+    """The peer opened a stream towards ``port``. Connect it, or reset it."""
+
     port: int
 
 
 @dataclass(frozen=True)
-class DataReceived:
+class DataReceived(StreamEvent):
     """Stream data. Call ``acknowledge_received(stream_id, len(data))`` once it is delivered."""
 
-    stream_id: StreamId
     data: bytes
 
 
 @dataclass(frozen=True)
-class StreamEnded:
+class StreamEnded(StreamEvent):
     """The peer will send no more data on this stream (half-close). We may still send."""
-
-    stream_id: StreamId
 
 
 @dataclass(frozen=True)
-class StreamReset:
+class StreamReset(StreamEvent):
     """The stream is gone: reset by the peer, refused, or lost with the session."""
 
-    stream_id: StreamId
     code: int
 
 
 @dataclass(frozen=True)
-class StreamDrained:
+class StreamDrained(StreamEvent):
     """Data queued by ``send_data`` (which had returned False) has all been sent.
 
     Resume reading the stream's source.
     """
-
-    stream_id: StreamId
 
 
 @dataclass(frozen=True)
