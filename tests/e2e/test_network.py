@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -80,30 +80,36 @@ def drop_stack(request: pytest.FixtureRequest, slurm: str, procs: ProcessGroup, 
     empty_queue()
 
 
+async def survives(hub: Hub, broker: BrokerProcess, user: str, size: int,
+                   disrupt: Callable[[str], Awaitable[None]]) -> str:
+    """Spawn ``user``'s server, download a ``size``-byte file from its notebook while ``disrupt(tunnel
+    id)`` runs, and check that the download is whole and that the kernel WebSocket opened before is
+    the same connection and answers. Returns the tunnel id."""
+    assert spawn(hub, user)[-1].get("ready")
+    (tunnel,) = broker.client.tunnels()
+    http, base = user_http(hub, user)
+    async with http, kernel(http, base) as k:
+        digest = await notebook_file(k, size)
+        assert await download_across(http, base, lambda: disrupt(tunnel["id"])) == digest
+        assert not k.ws.closed
+        assert await k.execute("6 * 7") == "42"
+    return str(tunnel["id"])
+
+
 @pytest.mark.parametrize("drop_stack", [60], indirect=True)
 async def test_a_10_s_cut_is_survived_by_a_download_and_an_idle_kernel_websocket(
         drop_stack: tuple[Hub, BrokerProcess], cut_link: None) -> None:
     hub, broker = drop_stack
-    assert spawn(hub, "btslurm8")[-1].get("ready")
-    (tunnel,) = broker.client.tunnels()
-    http, base = user_http(hub, "btslurm8")
-    size = 100 * 1024 * 1024
-    async with http:
-        async with kernel(http, base) as k:
-            digest = await notebook_file(k, size)
 
-            async def cut_for_10_s() -> None:
-                link("down")  # silently: no FIN, no RST reaches either side
-                await asyncio.to_thread(wait_until, lambda: broker.tunnel(tunnel["id"])["agent"]["suspended"],
-                                        8, "the broker to declare the link dead and hold the session")
-                await asyncio.sleep(10 - 4)  # the rest of the 10 s cut: the test's subject, not a wait
-                link("up")
+    async def cut_for_10_s(tunnel_id: str) -> None:
+        link("down")  # silently: no FIN, no RST reaches either side
+        await asyncio.to_thread(wait_until, lambda: broker.tunnel(tunnel_id)["agent"]["suspended"],
+                                8, "the broker to declare the link dead and hold the session")
+        await asyncio.sleep(10 - 4)  # the rest of the 10 s cut: the test's subject, not a wait
+        link("up")
 
-            assert await download_across(http, base, cut_for_10_s) == digest
-            # The kernel's WebSocket, idle through the cut, is the same connection and still answers.
-            assert not k.ws.closed
-            assert await k.execute("6 * 7") == "42"
-    agent = broker.tunnel(tunnel["id"])["agent"]
+    tunnel_id = await survives(hub, broker, "btslurm8", 100 * 1024 * 1024, cut_for_10_s)
+    agent = broker.tunnel(tunnel_id)["agent"]
     assert agent["connected"] and agent["resumes"] >= 1, agent
     assert len(squeue().splitlines()) == 1
 
@@ -111,20 +117,12 @@ async def test_a_10_s_cut_is_survived_by_a_download_and_an_idle_kernel_websocket
 async def test_a_killed_websocket_is_resumed_with_shipped_settings(stack: tuple[Hub, BrokerProcess]) -> None:
     """No tuning: a reset is noticed at once and the session resumes within the default grace."""
     hub, broker = stack
-    assert spawn(hub, "btslurm1")[-1].get("ready")
-    (tunnel,) = broker.client.tunnels()
-    http, base = user_http(hub, "btslurm1")
-    size = 64 * 1024 * 1024
-    async with http:
-        async with kernel(http, base) as k:
-            digest = await notebook_file(k, size)
 
-            async def kill_the_websocket() -> None:  # from the node's side, as a proxy killing it would
-                assert reset_connections(HUB_SIDE, broker.agent_port, netns="btnode") == 1
+    async def kill_the_websocket(tunnel_id: str) -> None:  # from the node's side, as a proxy killing it would
+        assert reset_connections(HUB_SIDE, broker.agent_port, netns="btnode") == 1
 
-            assert await download_across(http, base, kill_the_websocket) == digest
-            assert await k.execute("6 * 7") == "42"  # the same WebSocket
-    await asyncio.to_thread(wait_until, lambda: broker.tunnel(tunnel["id"])["agent"]["resumes"] >= 1, 30,
+    tunnel_id = await survives(hub, broker, "btslurm1", 64 * 1024 * 1024, kill_the_websocket)
+    await asyncio.to_thread(wait_until, lambda: broker.tunnel(tunnel_id)["agent"]["resumes"] >= 1, 30,
                             "the broker to count the resume")
     hub.api("DELETE", "/hub/api/users/btslurm1/server")
     await asyncio.to_thread(wait_until, lambda: squeue() == "", 30, "the job to leave squeue")
