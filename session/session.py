@@ -95,6 +95,7 @@ class TunnelSession:
         self._finished: asyncio.Future[None] = self._loop.create_future()
         self._flush_scheduled = False
         self._close_sent = False
+        self._reading_paused = False  # the link is not read: our answers to the peer wait (input_paused)
         self.closed: ConnectionClosed | None = None
         self.bytes_in = 0
         self.bytes_out = 0
@@ -185,6 +186,7 @@ class TunnelSession:
         self.link = link
         link.receiver = self
         self._close_sent = False
+        self._reading_paused = False
         if self._link_down.done():
             self._link_down = self._loop.create_future()
         self.conn.resume()
@@ -204,6 +206,11 @@ class TunnelSession:
         self.bytes_in += len(data)
         self.conn.receive_data(data)
         self._process()
+        if self.conn.input_paused and not self._reading_paused:
+            # The peer asks for answers it does not read (docs/protocol.md 7.1): read no more until
+            # the link takes them.
+            self._reading_paused = True
+            self.link.pause_reading()
 
     def writing_resumed(self) -> None:
         self._flush()
@@ -296,6 +303,12 @@ class TunnelSession:
                         bridge.unpause(Pause.OUTPUT)
                 for start in range(0, len(data), MAX_MESSAGE):
                     self.link.write(data[start:start + MAX_MESSAGE])
+            if self._reading_paused and self.closed is None:
+                self.conn.receive_data(b"")  # what was held while our answers waited
+                self._process()
+                if not self.conn.input_paused:
+                    self._reading_paused = False
+                    self.link.resume_reading()
         if self.closed is not None and not self._close_sent:
             self._close_sent = True
             self.link.close(_close_code(self.closed.code), self.closed.reason[:120])

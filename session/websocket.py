@@ -85,6 +85,7 @@ class WebSocketLink(asyncio.Protocol):
         self._handshake_timeout = handshake_timeout
         self._transport: asyncio.Transport | None = None
         self._writable = True
+        self._pong_owed: bytes | None = None  # the latest PING's payload, while we cannot write
         self._handshake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._lost = False
         self._timer: asyncio.TimerHandle | None = None
@@ -142,6 +143,15 @@ class WebSocketLink(asyncio.Protocol):
             self._send_close(code, reason)
         elif self.phase is Phase.HANDSHAKE:
             self.abort()
+
+    def pause_reading(self) -> None:
+        """Stop reading the socket (the session's answers to the peer wait to be written)."""
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
 
     def abort(self) -> None:
         if self._transport is not None:
@@ -202,8 +212,15 @@ class WebSocketLink(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._writable = True
+        self._send_pong()
         if self._receiver is not None:
             self._receiver.writing_resumed()
+
+    def _send_pong(self) -> None:
+        if self._pong_owed is not None and self._writable and self.phase is Phase.OPEN and self._transport:
+            for part in encode(Opcode.PONG, self._pong_owed, self._client):
+                self._transport.write(part)
+            self._pong_owed = None
 
     # -- opening handshake (handshake.py)
 
@@ -309,9 +326,10 @@ class WebSocketLink(asyncio.Protocol):
     def _control(self, frame: Control) -> None:
         assert self._transport is not None
         if frame.opcode is Opcode.PING:
-            if self.phase is Phase.OPEN:
-                for part in encode(Opcode.PONG, frame.payload, self._client):
-                    self._transport.write(part)
+            # Answered while we can write; otherwise only the latest is remembered (RFC 6455 5.5.3
+            # allows it), so a peer that pings without reading makes us hold one payload, not more.
+            self._pong_owed = frame.payload
+            self._send_pong()
         elif frame.opcode is Opcode.CLOSE:
             if self.phase is Phase.OPEN:  # echo it, then the TCP connection ends
                 echo = frame.code if frame.code != CloseCode.NO_STATUS else CloseCode.NORMAL

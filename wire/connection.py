@@ -50,6 +50,12 @@ from .resume import Resumption
 from .states import LIVE, PARSES, SENDS, State, check_received
 from .stream import Stream, Streams
 
+MAX_CONTROL_BACKLOG = 64 * 1024
+"""Bytes of control frames (all but DATA) waiting to be sent above which no more input is processed
+(§7.1): a peer that keeps sending PINGs, OPENs to refuse or FINs to confirm, but never reads the
+answers, stalls only its own session instead of growing our memory. Legitimate peers owe a few
+hundred bytes at most; DATA is bounded by flow control instead."""
+
 
 class Side(enum.Enum):
     """Which end of the tunnel this is. The broker opens odd stream ids, the agent even ones."""
@@ -87,7 +93,8 @@ class Connection:
         """Feed bytes from the network (the payload of one WebSocket message, or any part).
 
         A peer's protocol violation does not raise: it queues GOAWAY and a
-        ``ConnectionTerminated`` event, and later input is ignored.
+        ``ConnectionTerminated`` event, and later input is ignored. Input that cannot be processed
+        yet (:attr:`input_paused`) is held.
         """
         if self.state not in PARSES:
             return
@@ -119,6 +126,14 @@ class Connection:
     def bytes_to_send(self) -> int:
         """How many bytes :meth:`data_to_send` would return now (for backpressure)."""
         return self._out.size
+
+    @property
+    def input_paused(self) -> bool:
+        """No more input is processed until the output is taken: the control frames we owe the peer
+        reach MAX_CONTROL_BACKLOG. Stop reading the transport; once it takes :meth:`data_to_send`
+        again, call ``receive_data(b"")`` to process what was held, and read again unless still paused.
+        """
+        return self._out.control >= MAX_CONTROL_BACKLOG
 
     # ----------------------------------------------------------- resumption
 
@@ -283,7 +298,7 @@ class Connection:
         max_payload = self.settings.max_frame
         try:
             with memoryview(buf) as view:
-                while end - pos >= HEADER_SIZE:
+                while end - pos >= HEADER_SIZE and self._out.control < MAX_CONTROL_BACKLOG:
                     type_byte, flags, sid, length = HEADER.unpack_from(view, pos)
                     type_ = frames.check_header(type_byte, flags, sid, length, max_payload)
                     if end - pos - HEADER_SIZE < length:

@@ -13,14 +13,17 @@ class Output:
     """Queued frames as a list of buffers: a DATA payload is referenced, not copied, until taken.
 
     ``allowed`` is set from the connection state's row of ``states.SENDS``; a frame of another type
-    is dropped when queued (no transport, or the RESUME record must go first).
+    is dropped when queued (no transport, or the RESUME record must go first). ``control`` counts the
+    bytes of the frames other than DATA among them: what the connection owes the peer besides data,
+    which bounds how much input it may still process (``Connection.input_paused``).
     """
 
-    __slots__ = ("_parts", "size", "allowed")
+    __slots__ = ("_parts", "size", "control", "allowed")
 
     def __init__(self, allowed: frozenset[FrameType]) -> None:
         self._parts: list[Buffer] = []
         self.size = 0
+        self.control = 0
         self.allowed = allowed
 
     def frame(self, type_: FrameType, flags: int, stream_id: int, payload: Buffer = b"") -> None:
@@ -29,6 +32,8 @@ class Output:
             return
         self._parts.append(HEADER.pack(type_, flags, stream_id, len(payload)))
         self.size += HEADER_SIZE + len(payload)
+        if type_ is not FrameType.DATA:
+            self.control += HEADER_SIZE + len(payload)
         if payload:
             self._parts.append(payload)
 
@@ -43,4 +48,4 @@ class Output:
     def drop(self) -> None:
         """Forget everything queued (the transport is gone)."""
         self._parts.clear()
-        self.size = 0
+        self.size = self.control = 0

@@ -22,6 +22,7 @@ from batchtunnel.wire import (
     StreamOpened,
     StreamReset,
 )
+from batchtunnel.wire.connection import MAX_CONTROL_BACKLOG
 from batchtunnel.wire.frames import Flag, FrameType
 from batchtunnel.wire.hello import encode_hello
 
@@ -334,3 +335,39 @@ def test_session_window_below_initial_window_is_a_configuration_error() -> None:
 
     with pytest.raises(ConfigurationError, match="session_window"):
         Settings(initial_window=256 * KIB, session_window=128 * KIB)
+
+
+# ------------------------------------------------ answers the peer does not read (§7.1)
+
+
+def test_a_ping_flood_whose_answers_are_never_taken_is_held_not_answered_without_end() -> None:
+    conn = handshaken(Side.BROKER)
+    pings = 100_000  # 1.8 MB of PINGs
+    conn.receive_data(raw(FrameType.PING, 0, b"12345678") * pings)
+    assert conn.input_paused
+    assert conn.bytes_to_send < MAX_CONTROL_BACKLOG + 18  # not 100,000 ACKs (1.8 MB)
+    conn.receive_data(raw(FrameType.PING, 0, b"12345678"))  # more arrives while paused: held
+    assert conn.bytes_to_send < MAX_CONTROL_BACKLOG + 18
+    # Nothing is lost: each time the answers are taken, the held input goes on.
+    answered = 0
+    for _ in range(100):
+        out = conn.data_to_send()
+        answered += len(out) // 18
+        conn.receive_data(b"")
+        if not conn.input_paused and not conn.bytes_to_send:
+            break
+    assert answered == pings + 1
+    assert conn.state is State.OPEN
+
+
+def test_data_is_processed_while_answers_wait_below_the_bound() -> None:
+    """Ordinary traffic never meets the bound: a few PINGs unanswered do not hold DATA back."""
+    p = Pair()
+    sid = p.broker.open_stream(80)
+    p.pump()
+    for _ in range(100):
+        p.agent.receive_data(raw(FrameType.PING, 0, b"12345678"))
+    assert not p.agent.input_paused
+    p.broker.send_data(sid, b"hello")
+    p.agent.receive_data(p.broker.data_to_send())
+    assert any(isinstance(e, DataReceived) and e.data == b"hello" for e in p.agent.events_received())
