@@ -70,15 +70,16 @@ class Flag(enum.IntFlag):
     confirms what arrived (its increment may be 0)."""
 
 
-_ALLOWED_FLAGS = {
+# Plain ints: ``~`` on an IntFlag inverts only the bits it defines, which would let undefined bits pass.
+_ALLOWED_FLAGS: dict[FrameType, int] = {
     FrameType.HELLO: 0,
     FrameType.OPEN: 0,
-    FrameType.DATA: Flag.FIN | Flag.CONFIRM,
+    FrameType.DATA: int(Flag.FIN | Flag.CONFIRM),
     FrameType.RESET: 0,
-    FrameType.WINDOW_UPDATE: Flag.FIN,
-    FrameType.PING: Flag.ACK,
+    FrameType.WINDOW_UPDATE: int(Flag.FIN),
+    FrameType.PING: int(Flag.ACK),
     FrameType.GOAWAY: 0,
-    FrameType.RESUME: Flag.FIN,
+    FrameType.RESUME: int(Flag.FIN),
 }
 _CONNECTION_LEVEL = {FrameType.HELLO, FrameType.PING, FrameType.GOAWAY, FrameType.RESUME}
 

@@ -100,10 +100,12 @@ def decode_hello(payload: bytes, local: Settings) -> Negotiated:
     Raises:
         ProtocolError: malformed HELLO (PROTOCOL_ERROR) or no common version (VERSION_MISMATCH).
     """
+    if not payload.lstrip()[:1] == b"{":  # before parsing: a deep nest of [ would exhaust the stack
+        raise ProtocolError("HELLO is not a JSON object")
     try:
         body = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise ProtocolError("HELLO is not UTF-8 JSON") from None
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ProtocolError("HELLO is not UTF-8 JSON of a sensible depth") from None
     if not isinstance(body, dict):
         raise ProtocolError("HELLO is not a JSON object")
     versions = body.get("versions")

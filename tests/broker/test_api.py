@@ -51,6 +51,7 @@ def test_token_is_shown_once_and_only_its_hash_is_kept(broker: BrokerProcess) ->
         (b'{"rport": "80"}', 400, "rport must be an integer"),
         (b'{"rport": 80, "port": 70000}', 400, "port must be an integer 0-65535"),
         (b'{"rport": 80, "host": "0.0.0.0"}', 400, "is not allowed"),
+        (b'{"rport": ' + b"[" * 20000, 400, "nested too deeply"),  # not a 500 from a RecursionError
     ],
 )
 def test_expose_validates_input(broker: BrokerProcess, body: bytes, status: int, message: str) -> None:

@@ -230,6 +230,8 @@ def terminated_code(conn: Connection) -> int:
         (raw(FrameType.HELLO, 0, json.dumps({"versions": [7]}).encode()), ErrorCode.VERSION_MISMATCH),
         (b"\x09" + b"\x00" * 9, ErrorCode.PROTOCOL_ERROR),  # unknown type
         (raw(FrameType.HELLO, 0, b"x" * 5000), ErrorCode.FRAME_TOO_LARGE),
+        (raw(FrameType.HELLO, 0, b"[" * 4000), ErrorCode.PROTOCOL_ERROR),  # deep: no RecursionError
+        (raw(FrameType.HELLO, 0, b'{"versions": ' + b"[" * 4000), ErrorCode.PROTOCOL_ERROR),
     ],
 )
 def test_bad_first_frames(data: bytes, code: int) -> None:
@@ -237,6 +239,9 @@ def test_bad_first_frames(data: bytes, code: int) -> None:
     conn.data_to_send()
     conn.receive_data(data)
     assert terminated_code(conn) == code
+
+
+OPEN_1 = raw(FrameType.OPEN, 1, b"\x00\x50")
 
 
 @pytest.mark.parametrize(
@@ -247,7 +252,12 @@ def test_bad_first_frames(data: bytes, code: int) -> None:
         (raw(FrameType.OPEN, 2, b"\x00\x50"), ErrorCode.PROTOCOL_ERROR),  # agent's parity
         (raw(FrameType.OPEN, 1, b"\x00\x00"), ErrorCode.PROTOCOL_ERROR),  # port 0
         (raw(FrameType.PING, 3, b"12345678"), ErrorCode.PROTOCOL_ERROR),  # ping on a stream
-        (raw(FrameType.DATA, 1, b"x", flags=0x80), ErrorCode.PROTOCOL_ERROR),  # undefined flag
+        # Undefined flags, on a stream that exists (so that nothing else is wrong with the frame).
+        (OPEN_1 + raw(FrameType.DATA, 1, b"x", flags=0xF0), ErrorCode.PROTOCOL_ERROR),
+        (OPEN_1 + raw(FrameType.DATA, 1, b"x", flags=0x80), ErrorCode.PROTOCOL_ERROR),
+        (raw(FrameType.PING, 0, b"12345678", flags=0x80), ErrorCode.PROTOCOL_ERROR),
+        (OPEN_1 + raw(FrameType.WINDOW_UPDATE, 1, b"\x00\x00\x01\x00", flags=0x40), ErrorCode.PROTOCOL_ERROR),
+        (raw(FrameType.GOAWAY, 0, b"\x00" * 8, flags=0x01), ErrorCode.PROTOCOL_ERROR),
         (struct.pack("!BBII", 2, 0, 1, 10**7), ErrorCode.FRAME_TOO_LARGE),
         (raw(FrameType.WINDOW_UPDATE, 1, b"\x00\x00\x00\x00"), ErrorCode.PROTOCOL_ERROR),
     ],
