@@ -199,13 +199,18 @@ class Agent:
             await link.wait_handshake(self.config.connect_timeout)
         except HandshakeRejected as exc:
             link.abort()
-            self._retry_after = exc.retry_after or 0.0
-            if exc.status in (401, 403):
+            # Honoured, but never past the longest backoff: a broker (or something pretending to be one)
+            # cannot park the agent for days.
+            self._retry_after = min(exc.retry_after or 0.0, self.config.backoff_max)
+            if exc.status in (400, 401, 403):
+                # A refused credential does not mend by itself: retry at the slowest pace, which also
+                # keeps a cluster's shared NAT address far from the broker's failure limit.
+                self._retry_after = self.config.backoff_max
                 log.error("the broker refused this agent's credential (HTTP %d: %s): check the tunnel token; "
                           "was the tunnel deleted?", exc.status, exc)
             elif exc.retry_after:
-                log.warning("the broker answered HTTP %d (%s); it asks to retry in %.0f s",
-                            exc.status, exc, exc.retry_after)
+                log.warning("the broker answered HTTP %d (%s); it asks to retry in %.0f s (waiting %.0f s at most)",
+                            exc.status, exc, exc.retry_after, self._retry_after)
             else:
                 log.warning("the broker answered HTTP %d: %s", exc.status, exc)
             return False

@@ -5,18 +5,20 @@ Both protect the agent endpoint, the one port the broker opens to the network:
 - at most ``max_pending`` connections may sit between their accept and a decided WebSocket
   upgrade; one more is closed at the accept, before any TLS state exists (acceptor.py: a
   slowloris crowd cannot fill memory);
-- an address that fails authentication ``failure_limit`` times in a row is refused
-  with 429 and Retry-After for a while, doubling from 1 s up to ``max_block``; a
-  success clears it. A whole cluster behind one NAT address shares that counter, so
-  the defaults stay forgiving: the agents' own back-off rides out a block.
+- an address that fails authentication ``failure_limit`` times within ``window`` seconds is
+  refused with 429 and Retry-After for a while, doubling from 1 s up to ``max_block`` with
+  each further failure. A success does not clear the count: one valid token interleaved
+  between guesses would reset it otherwise. A whole cluster behind one NAT address shares the
+  count, so the defaults stay forgiving: an agent whose token is refused retries no faster
+  than every ``--backoff-max`` (30 s), two failures a minute.
 
 No I/O here: the caller passes the time, so the rules are testable alone.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from dataclasses import dataclass
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
 
 MAX_ADDRESSES = 4096
 """Addresses whose failures are remembered; the one failing least recently is forgotten first."""
@@ -24,8 +26,7 @@ MAX_ADDRESSES = 4096
 
 @dataclass
 class _Failures:
-    count: int = 0
-    last: float = 0.0
+    times: deque[float] = field(default_factory=deque)  # of the failures within the window, oldest first
     blocked_until: float = 0.0
 
 
@@ -34,17 +35,17 @@ class Admission:
 
     Args:
         max_pending: connections allowed at once between TLS and an answered upgrade.
-        failure_limit: failed authentications in a row after which an address is blocked.
+        failure_limit: failed authentications within ``window`` after which an address is blocked.
         max_block: the longest block, seconds.
-        forget_after: seconds without a failure after which an address starts from zero.
+        window: seconds a failure counts.
     """
 
     def __init__(self, max_pending: int = 256, failure_limit: int = 10, max_block: float = 60.0,
-                 forget_after: float = 600.0) -> None:
+                 window: float = 60.0) -> None:
         self.max_pending = max_pending
         self.failure_limit = failure_limit
         self.max_block = max_block
-        self.forget_after = forget_after
+        self.window = window
         self.pending = 0
         self.refused_pending_total = 0
         self.refused_blocked_total = 0
@@ -76,22 +77,22 @@ class Admission:
 
     def failed(self, address: str, now: float) -> float:
         """Record a failed authentication. Returns the block it starts, in seconds (0: none)."""
-        entry = self._failures.pop(address, None)
-        if entry is None or now - entry.last > self.forget_after:
-            entry = _Failures()
+        entry = self._failures.pop(address, None) or _Failures()
         self._failures[address] = entry  # most recent last
         while len(self._failures) > MAX_ADDRESSES:
             self._failures.popitem(last=False)
-        entry.count += 1
-        entry.last = now
-        if entry.count < self.failure_limit:
+        times = entry.times
+        while times and now - times[0] > self.window:
+            times.popleft()
+        times.append(now)
+        excess = len(times) - self.failure_limit
+        if excess < 0:
             return 0.0
-        block = min(self.max_block, 2.0 ** (entry.count - self.failure_limit))
+        if excess > 16:  # the block is at its longest long before: keep the record small
+            times.popleft()
+        block = min(self.max_block, 2.0 ** min(excess, 16))
         entry.blocked_until = now + block
         return block
-
-    def succeeded(self, address: str) -> None:
-        self._failures.pop(address, None)
 
     @property
     def addresses_tracked(self) -> int:

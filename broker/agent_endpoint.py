@@ -82,7 +82,7 @@ class AgentEndpoint:
         """The agent's address: the TCP peer, or what a trusted reverse proxy says it forwarded (then
         ``link.peer`` names both, for the logs)."""
         if link.peer_host in self.trusted_proxies:
-            forwarded = request.headers.get("X-Forwarded-For", "")
+            forwarded = ",".join(request.headers.get_all("X-Forwarded-For"))  # the last one counts
             last = forwarded.rsplit(",", 1)[-1].strip()
             if last:
                 link.peer = f"{last} (via {link.peer})"
@@ -100,24 +100,21 @@ class AgentEndpoint:
             log.debug("agent from %s refused: blocked after failed authentications (%.0f s left)", link.peer, wait)
             return Refusal(429, "too many failed authentications from this address; retry later\n",
                            (("Retry-After", str(math.ceil(wait))),))
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        authorization, wanted = (request.headers.get_all(name) for name in ("Authorization", SESSION_HEADER))
+        if len(authorization) > 1 or len(wanted) > 1:
+            # Which one would count is ambiguous (and proxies may disagree): refuse, as a failure.
+            return self._failed(link, address, now, 400, "an Authorization or session header given twice")
+        scheme, _, token = (authorization or [""])[0].partition(" ")
         try:
             if scheme.lower() != "bearer":
                 raise AuthenticationError("no bearer credential presented")
             tunnel = self.registry.authenticate(token.strip())
         except AuthenticationError as exc:
-            block = self.admission.failed(address, now)
-            if block:
-                log.warning("agent from %s refused: %s; %s is refused for %.0f s after repeated failures",
-                            link.peer, exc, address, block)
-            else:
-                log.warning("agent from %s refused: %s", link.peer, exc)
-            return Refusal(401, f"{exc}\n")
-        self.admission.succeeded(address)
-        wanted = request.headers.get(SESSION_HEADER, "")
+            return self._failed(link, address, now, 401, str(exc))
+        wanted_id = (wanted or [""])[0]
         current = tunnel.session
-        if wanted and current is not None:
-            if current.session_id == wanted and current.resumable:
+        if wanted_id and current is not None:
+            if current.session_id == wanted_id and current.resumable:
                 self._resume(tunnel, current, link)
                 return None
             log.info("tunnel %s: agent from %s asks to resume a session this broker no longer holds; "
@@ -131,6 +128,16 @@ class AgentEndpoint:
         link.accept_headers.append((SESSION_HEADER, session.session_id))
         self._tasks.spawn(self._serve(tunnel, session, link.peer), f"tunnel {tunnel.id}")
         return None
+
+    def _failed(self, link: WebSocketLink, address: str, now: float, status: int, why: str) -> Refusal:
+        """A failed authentication: counted against the address (admission.py), logged in one line."""
+        block = self.admission.failed(address, now)
+        if block:
+            log.warning("agent from %s refused: %s; %s is refused for %.0f s after repeated failures",
+                        link.peer, why, address, block)
+        else:
+            log.warning("agent from %s refused: %s", link.peer, why)
+        return Refusal(status, f"{why}\n")
 
     def _resume(self, tunnel: Tunnel, session: TunnelSession, link: WebSocketLink) -> None:
         """The agent came back for its session: carry it on over the new link (its old one, if this

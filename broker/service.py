@@ -43,6 +43,7 @@ class BrokerConfig:
     max_unauthenticated: int = 256
     auth_failure_limit: int = 10
     auth_block_max: float = 60.0
+    auth_failure_window: float = 60.0
     trusted_proxies: list[str] = field(default_factory=list)
     wire: Settings = field(default_factory=Settings)
 
@@ -63,9 +64,10 @@ class BrokerConfig:
                 "TLS-terminating reverse proxy, --listen on loopback with --trusted-proxy; or --insecure "
                 "to accept agents over plain ws:// (testing only)"
             )
-        if self.max_unauthenticated < 1 or self.auth_failure_limit < 1 or self.auth_block_max <= 0:
+        if (self.max_unauthenticated < 1 or self.auth_failure_limit < 1 or self.auth_block_max <= 0
+                or self.auth_failure_window <= 0):
             raise ConfigurationError("--max-unauthenticated and --auth-failure-limit must be at least 1, "
-                                     "--auth-block-max more than 0")
+                                     "--auth-block-max and --auth-failure-window more than 0")
         if self.heartbeat_timeout <= self.heartbeat_interval:
             raise ConfigurationError("--heartbeat-timeout must be longer than --heartbeat-interval")
         if self.resume_grace < 0:
@@ -83,7 +85,8 @@ class Broker:
         self.endpoint = AgentEndpoint(
             self.registry, config.wire, config.handshake_timeout,
             config.heartbeat_interval, config.heartbeat_timeout, config.hub_api,
-            Admission(config.max_unauthenticated, config.auth_failure_limit, config.auth_block_max),
+            Admission(config.max_unauthenticated, config.auth_failure_limit, config.auth_block_max,
+                      config.auth_failure_window),
             frozenset(config.trusted_proxies), config.resume_grace,
         )
         self.api = Api(self.registry, config.admin_token, config.expose_hosts, self.metrics_text)

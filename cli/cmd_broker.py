@@ -52,10 +52,12 @@ OPTIONS = [
     Option("max-streams", "streams an agent may open towards the broker at once", int, 1024),
     Option("session-window", "most bytes the receive windows of one agent's streams may add up to: bounds "
            "the memory an agent can make the broker hold", int, 64 * 1024 * 1024),
-    Option("max-unauthenticated", "connections that may wait at once between TLS and authentication; more "
-           "are answered 503", int, 256),
-    Option("auth-failure-limit", "failed authentications in a row after which an address is refused (429) "
-           "for a while, doubling from 1 s", int, 10),
+    Option("max-unauthenticated", "connections that may wait at once between their accept and an answered "
+           "upgrade; more are closed at the accept", int, 256),
+    Option("auth-failure-limit", "failed authentications from one address within --auth-failure-window "
+           "after which it is refused (429) for a while, doubling from 1 s; a success does not clear them",
+           int, 10),
+    Option("auth-failure-window", "seconds a failed authentication counts against its address", positive, 60.0),
     Option("auth-block-max", "the longest such refusal, seconds", positive, 60.0),
     Option("trusted-proxy", "address of a TLS-terminating reverse proxy in front of the agent endpoint "
            "(repeatable): its X-Forwarded-For names the agent; with --listen on loopback and no --cert, "
@@ -94,7 +96,8 @@ def run(values: dict[str, Any], args: argparse.Namespace) -> int:
         heartbeat_interval=values["heartbeat_interval"], heartbeat_timeout=values["heartbeat_timeout"],
         hub_api=values["hub_api"], wire=wire, resume_grace=values["resume_grace"],
         max_unauthenticated=values["max_unauthenticated"], auth_failure_limit=values["auth_failure_limit"],
-        auth_block_max=values["auth_block_max"], trusted_proxies=values["trusted_proxy"],
+        auth_block_max=values["auth_block_max"], auth_failure_window=values["auth_failure_window"],
+        trusted_proxies=values["trusted_proxy"],
     )
 
     raise_open_files_limit()

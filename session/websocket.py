@@ -262,7 +262,11 @@ class WebSocketLink(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         self._end_handshake()
-        refusal = self._on_request(self, request)
+        try:
+            refusal = self._on_request(self, request)
+        except Exception:  # our bug: answer it, keep serving everyone else
+            log.error("connection from %s: the upgrade request could not be handled", self.peer, exc_info=True)
+            refusal = Refusal(500, "internal error\n")
         if refusal is None:
             hs.accept(request, self.accept_headers)
             self.phase = Phase.OPEN

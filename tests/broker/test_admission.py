@@ -26,13 +26,13 @@ def test_failures_block_an_address_doubling_up_to_the_maximum() -> None:
     assert rules.blocked_for("10.0.0.1", now + 5) == 0.0
 
 
-def test_a_success_clears_an_address_and_old_failures_are_forgotten() -> None:
-    rules = Admission(failure_limit=2, forget_after=60.0)
-    rules.failed("a", 0.0)
-    rules.succeeded("a")
-    assert rules.failed("a", 1.0) == 0.0  # counting starts again
-    assert rules.failed("b", 0.0) == 0.0
-    assert rules.failed("b", 100.0) == 0.0  # the first failure was forgotten: this is the first again
+def test_failures_count_within_a_window_and_no_success_clears_them() -> None:
+    """Nothing clears failures but time: interleaving one's own valid token between guesses does not
+    reset the count; failures older than the window no longer count."""
+    rules = Admission(failure_limit=3, window=60.0)
+    assert [rules.failed("a", t) for t in (0.0, 10.0)] == [0.0, 0.0]
+    assert rules.failed("a", 20.0) == 1.0  # the third within 60 s
+    assert [rules.failed("b", t) for t in (0.0, 50.0, 100.0, 150.0)] == [0.0] * 4  # never 3 within 60 s
 
 
 def test_the_failure_table_is_bounded() -> None:

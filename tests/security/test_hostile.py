@@ -261,11 +261,56 @@ async def test_repeated_failures_from_one_address_are_blocked_with_retry_after(a
         other = await HostileAgent.open(arena.url, arena.hostile_token, arena.ca, "127.0.0.41")
         assert await other.alive()
         await other.close()
-        # After the block, the right token gets in again (and clears the address's record).
+        # After the block, the right token gets in again.
         agent = await _open_when_unblocked(arena, "127.0.0.40")
         assert await agent.alive()
         await agent.close()
     assert "is refused for 1 s after repeated failures" in arena.broker.proc.log()  # type: ignore[union-attr]
+    await back_to_baseline(arena)
+
+
+async def upgrade_status(arena: Arena, source: str, headers: list[tuple[str, str]]) -> int:
+    """Send a WebSocket upgrade request with exactly ``headers`` (duplicates included); the status."""
+    ctx = ssl.create_default_context(cafile=arena.ca)
+    reader, writer = await asyncio.open_connection("localhost", arena.broker.agent_port, ssl=ctx,
+                                                   local_addr=(source, 0))
+    head = ["GET /agent HTTP/1.1", f"Host: localhost:{arena.broker.agent_port}", "Upgrade: websocket",
+            "Connection: Upgrade", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version: 13",
+            *(f"{name}: {value}" for name, value in headers)]
+    writer.write(("\r\n".join(head) + "\r\n\r\n").encode())
+    status = await asyncio.wait_for(reader.readline(), 10)
+    writer.close()
+    return int(status.split()[1])
+
+
+async def test_duplicate_credential_headers_get_400_and_count_as_failures(arena: Arena) -> None:
+    twice = [("Authorization", f"Bearer {arena.hostile_token}"), ("Authorization", "Bearer tx.y")]
+    resume_twice = [("Authorization", f"Bearer {arena.hostile_token}"), ("Batchtunnel-Session", "a"),
+                    ("Batchtunnel-Session", "b")]
+    log_before = len(arena.broker.proc.log())  # type: ignore[union-attr]
+    async with healthy_traffic(arena):
+        statuses = [await upgrade_status(arena, "127.0.0.42", twice if i % 2 else resume_twice)
+                    for i in range(AUTH_FAILURE_LIMIT)]
+        assert statuses == [400] * AUTH_FAILURE_LIMIT
+        assert await upgrade_status(arena, "127.0.0.42", twice[:1]) == 429  # counted as failures
+    log = arena.broker.proc.log()[log_before:]  # type: ignore[union-attr]
+    assert "Traceback" not in log and "MultipleValuesError" not in log
+    assert log.count("given twice") == AUTH_FAILURE_LIMIT  # one line each
+    await back_to_baseline(arena)
+
+
+async def test_a_valid_token_between_guesses_does_not_reset_the_count(arena: Arena) -> None:
+    bad = arena.hostile_id + ".not-the-secret"
+    for _ in range(AUTH_FAILURE_LIMIT):
+        with pytest.raises(Refused) as refused:
+            await HostileAgent.open(arena.url, bad, arena.ca, "127.0.0.43")
+        assert refused.value.status == 401
+        if _ < AUTH_FAILURE_LIMIT - 1:  # one's own token, between guesses
+            agent = await HostileAgent.open(arena.url, arena.hostile_token, arena.ca, "127.0.0.43")
+            await agent.close()
+    with pytest.raises(Refused) as refused:
+        await HostileAgent.open(arena.url, bad, arena.ca, "127.0.0.43")
+    assert refused.value.status == 429
     await back_to_baseline(arena)
 
 
