@@ -1,6 +1,6 @@
 """Hold N idle agents connected to a broker, in one process (broker memory; the reconnect storm).
 
-    python bench/idle_agents.py URL CAFILE TOKENS_FILE [shipped]   (one token per line)
+    python -m bench.idle_agents URL CAFILE TOKENS_FILE [shipped]   (from the repository root; one token a line)
 
 With ``shipped`` the agents reconnect with the shipped backoff (0.5 s doubling to 30 s); without, with
 a short one (0.2 s to 2 s) so the memory figure is taken sooner.
@@ -16,8 +16,9 @@ from batchtunnel.agent import Agent, AgentConfig
 
 
 async def main(url: str, cafile: str, tokens: list[str], shipped: bool) -> None:
-    backoff = {} if shipped else {"backoff_initial": 0.2, "backoff_max": 2.0}
-    agents = [Agent(AgentConfig(url=url, token=t, cafile=cafile, **backoff)) for t in tokens]
+    initial, most = (AgentConfig.backoff_initial, AgentConfig.backoff_max) if shipped else (0.2, 2.0)
+    agents = [Agent(AgentConfig(url=url, token=t, cafile=cafile, backoff_initial=initial, backoff_max=most))
+              for t in tokens]
     await asyncio.gather(*(a.run() for a in agents))
 
 

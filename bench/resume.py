@@ -1,39 +1,46 @@
 """Resumption under fire: a download while the agent's link to the broker is reset again and again.
 
-    .venv/bin/python bench/resume.py [--size-mib 1024] [--interval 1.0] [--rounds 3] [--write-docs]
+    .venv/bin/python -m bench.resume [--size-mib 1024] [--interval 1.0] [--rounds 3] [--write-docs]
 
-Broker and agent as shipped (TLS, uvloop broker, asyncio agent, backoff 0.5 s with jitter, resume
-grace 60 s), except that the agent dials through a relay in this process that resets every connection
-through it (both ways, RST) every ``--interval`` seconds: a proxy killing the WebSocket, a NAT
-reboot. Each round downloads ``--size-mib`` from bench/target.py once over an intact link and once
-under the resets, checking every byte against the target's pattern. Figures: MB/s of both; resets
-and resumes; per resume, seconds from the link's loss to the session resumed (the broker's log) and
-bytes the agent sent again (its log). Results go to docs/benchmarks.md between the resume markers.
+Run from the repository root. Broker and agent as shipped (TLS, uvloop broker, asyncio agent, backoff
+0.5 s with jitter, resume grace 60 s), except that the agent dials through a relay in this process that
+resets every connection through it (both ways, RST) every ``--interval`` seconds: a proxy killing the
+WebSocket, a NAT reboot. Each round downloads ``--size-mib`` from the target
+(tests/support/target_server.py) once over an intact link and once under the resets, checking every
+byte against what the target sent. Figures: MB/s of both; resets and resumes; per resume, seconds
+from the link's loss to the session resumed (the broker's log) and bytes the agent sent again (its
+log). Results go to docs/benchmarks.md between the resume markers.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import platform
 import re
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import BT, MB, MIB, PY, ROOT, Procs, free_port, median_cell, repeat, request, wait_agent, wait_port, write_docs
-
-sys.path.insert(0, str(ROOT))
 from batchtunnel.client import BrokerClient
 
-ADMIN = "bench-admin-token-0123456789"
-PATTERN = bytes(range(256)) * (MIB // 256 + 2)  # bench/target.py sends byte i as i % 256
+from tests.support.processes import ProcessGroup, free_port
+
+from .harness import (
+    ADMIN_TOKEN,
+    MB,
+    MIB,
+    agent_argv,
+    broker_argv,
+    download,
+    make_pki,
+    repeat,
+    results_table,
+    start_target,
+    wait_agent,
+    wait_port,
+    write_docs,
+)
 
 
 class Relay:
@@ -77,74 +84,52 @@ class _Half(asyncio.Protocol):
         self.dial: asyncio.Future[None] | None = None  # owned: the relay's loop runs until exit
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self.relay._transports.add(self.transport)  # type: ignore[arg-type]
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.relay._transports.add(transport)
         if self.peer is None:  # accepted: dial the target
-            self.transport.pause_reading()  # type: ignore[union-attr]
-            self.dial = asyncio.ensure_future(self._dial())
+            transport.pause_reading()
+            self.dial = asyncio.ensure_future(self._dial(transport))
         else:
             self.peer.peer = self
-            self.peer.transport.resume_reading()  # type: ignore[union-attr]
+            if self.peer.transport is not None:
+                self.peer.transport.resume_reading()
 
-    async def _dial(self) -> None:
+    async def _dial(self, accepted: asyncio.Transport) -> None:
         loop = asyncio.get_running_loop()
         try:
             await loop.create_connection(lambda: _Half(self.relay, self), "127.0.0.1", self.relay.target)
         except OSError:
-            self.transport.abort()  # type: ignore[union-attr]
+            accepted.abort()
 
     def data_received(self, data: bytes) -> None:
         if self.peer is not None and self.peer.transport is not None:
             self.peer.transport.write(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.relay._transports.discard(self.transport)  # type: ignore[arg-type]
+        if self.transport is not None:
+            self.relay._transports.discard(self.transport)
         if self.peer is not None and self.peer.transport is not None:
             self.peer.transport.abort()
 
 
-def checked_download(port: int, size: int) -> float:
-    """Seconds to receive ``size`` bytes, each checked against the target's pattern."""
-    buf = bytearray(MIB)
-    view = memoryview(buf)
-    start = time.perf_counter()
-    s = request(port, f"source {size}")
-    got = 0
-    while n := s.recv_into(buf):
-        offset = got % 256
-        if view[:n] != PATTERN[offset:offset + n]:
-            raise RuntimeError(f"corrupt data at byte {got}")
-        got += n
-    s.close()
-    if got != size:
-        raise RuntimeError(f"received {got} of {size} bytes")
-    return time.perf_counter() - start
-
-
 def one_round(size: int, interval: float) -> dict[str, float]:
     workdir = Path(tempfile.mkdtemp(prefix="bt-resume-"))
-    procs = Procs(workdir)
+    procs = ProcessGroup(workdir)
     try:
-        pki = workdir / "pki"
-        subprocess.run([BT, "certs", "init", "--dir", str(pki), "--hostname", "localhost"], check=True,
-                       stdout=subprocess.DEVNULL)
-        target, agent_port, api_port = free_port(), free_port(), free_port()
-        procs.start("target", [PY, str(ROOT / "bench" / "target.py"), str(target)])
-        procs.start("broker", [BT, "broker", "--listen", f"127.0.0.1:{agent_port}", "--api-listen",
-                               f"127.0.0.1:{api_port}", "--cert", str(pki / "broker.pem"), "--key",
-                               str(pki / "broker-key.pem"), "--database", ":memory:"],
-                    {"BATCHTUNNEL_ADMIN_TOKEN": ADMIN})
+        pki = make_pki(workdir / "pki")
+        target = start_target(procs)
+        agent_port, api_port = free_port(), free_port()
+        procs.start("broker", broker_argv(pki, agent_port, api_port), env={"BATCHTUNNEL_ADMIN_TOKEN": ADMIN_TOKEN})
         wait_port(api_port)
-        wait_port(target)
         relay = Relay(agent_port)
-        client = BrokerClient(f"http://127.0.0.1:{api_port}", ADMIN)
+        client = BrokerClient(f"http://127.0.0.1:{api_port}", ADMIN_TOKEN)
         tunnel = client.create_tunnel("resume")
-        procs.start("agent", [BT, "agent", "--url", f"wss://localhost:{relay.port}/agent", "--cafile",
-                              str(pki / "ca.pem")], {"BATCHTUNNEL_TOKEN": tunnel["token"]})
+        procs.start("agent", agent_argv(pki, relay.port), env={"BATCHTUNNEL_TOKEN": tunnel["token"]})
         wait_agent(client, tunnel["id"])
         port = client.expose(tunnel["id"], 0, target)["port"]
 
-        intact = checked_download(port, size)
+        intact = download(port, size, check=True)
         done = threading.Event()
 
         def cutter() -> None:
@@ -154,7 +139,7 @@ def one_round(size: int, interval: float) -> dict[str, float]:
         thread = threading.Thread(target=cutter, daemon=True)
         thread.start()
         try:
-            cut = checked_download(port, size)
+            cut = download(port, size, check=True)
         finally:
             done.set()
             thread.join()
@@ -176,25 +161,20 @@ def one_round(size: int, interval: float) -> dict[str, float]:
             "streams_lost": lost,
         }
     finally:
-        procs.stop()
+        procs.stop_all()
 
 
 def render(runs: list[dict[str, float]], size_mib: int, interval: float) -> str:
-    def cell(key: str, fmt: str = ".0f") -> str:
-        return median_cell(runs, key, fmt)
-
-    return "\n".join([
-        f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, {os.cpu_count()} CPUs; "
-        f"{len(runs)} rounds, median (min-max). {size_mib} MiB download, the agent's link reset every "
-        f"{interval:g} s; every byte checked.",
-        "",
-        "| intact link MB/s | link reset every interval, MB/s | resets | resumes | streams lost "
-        "| loss to resumed p50, s | max, s | resent by the agent per resume p50, KiB | max, KiB |",
-        "|---|---|---|---|---|---|---|---|---|",
-        f"| {cell('intact_mbps')} | {cell('cut_mbps')} | {cell('cuts')} | {cell('resumes')} "
-        f"| {cell('streams_lost')} | {cell('down_p50', '.2f')} | {cell('down_max', '.2f')} "
-        f"| {cell('replayed_p50_kib')} | {cell('replayed_max_kib')} |",
-    ])
+    return results_table(runs, f"rounds; {size_mib} MiB download, the agent's link reset every {interval:g} s; every "
+                   "byte checked", [
+                       ("intact link MB/s", "intact_mbps", ".0f"),
+                       ("link reset every interval, MB/s", "cut_mbps", ".0f"),
+                       ("resets", "cuts", ".0f"), ("resumes", "resumes", ".0f"),
+                       ("streams lost", "streams_lost", ".0f"),
+                       ("loss to resumed p50, s", "down_p50", ".2f"), ("max, s", "down_max", ".2f"),
+                       ("resent by the agent per resume p50, KiB", "replayed_p50_kib", ".0f"),
+                       ("max, KiB", "replayed_max_kib", ".0f"),
+                   ])
 
 
 def main() -> None:

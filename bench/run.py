@@ -1,6 +1,6 @@
 """Side-by-side benchmark on loopback: direct TCP, ssh -L (two ciphers), batchtunnel over TLS.
 
-    .venv/bin/python bench/run.py [--rounds 3] [--quick] [--write-docs]
+    .venv/bin/python -m bench.run [--rounds 3] [--quick] [--write-docs]     (from the repository root)
 
 Figures per path: one stream 1 GiB download (MB/s), 16 concurrent streams x 64 MiB (aggregate MB/s),
 10,000 round trips of 100 bytes (p50/p99 us), CPU seconds and peak RSS of the tunnel's processes.
@@ -15,63 +15,36 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import psutil
+from batchtunnel.client import BrokerClient
 
-ROOT = Path(__file__).resolve().parents[1]
-PY = sys.executable
-BT = str(Path(PY).parent / "batchtunnel")
-MB = 1_000_000
-MIB = 1024 * 1024
+from tests.support.processes import ProcessGroup, free_port
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"port {port} never opened")
-
-
-def request(port: int, line: str) -> socket.socket:
-    s = socket.create_connection(("127.0.0.1", port))
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    s.sendall(line.encode() + b"\n")
-    return s
-
-
-def download(port: int, size: int) -> float:
-    """Seconds to receive ``size`` bytes."""
-    buf = bytearray(1 << 20)
-    start = time.perf_counter()
-    s = request(port, f"source {size}")
-    got = 0
-    while n := s.recv_into(buf):
-        got += n
-    s.close()
-    if got != size:
-        raise RuntimeError(f"received {got} of {size} bytes")
-    return time.perf_counter() - start
+from .harness import (
+    ADMIN_TOKEN,
+    MB,
+    MIB,
+    ROOT,
+    agent_argv,
+    broker_argv,
+    download,
+    make_pki,
+    request,
+    start_idle_agents,
+    start_target,
+    status_kib,
+    wait_agent,
+    wait_port,
+    write_docs,
+)
 
 
 def parallel_download(port: int, streams: int, size: int) -> float:
@@ -113,30 +86,6 @@ def round_trips(port: int, count: int) -> list[float]:
     return times
 
 
-class Procs:
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.items: list[subprocess.Popen[bytes]] = []
-
-    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        log = open(self.workdir / f"{name}.log", "wb")
-        p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                             start_new_session=True)
-        self.items.append(p)
-        return p
-
-    def stop(self) -> None:
-        for p in reversed(self.items):
-            try:
-                os.killpg(p.pid, 15)
-                p.wait(5)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
-                    os.killpg(p.pid, 9)
-                except ProcessLookupError:
-                    pass
-
-
 @dataclass
 class PathUnderTest:
     name: str
@@ -168,15 +117,13 @@ class PathUnderTest:
         total = 0
         for p in self.processes():
             try:
-                for line in Path(f"/proc/{p.pid}/status").read_text().splitlines():
-                    if line.startswith("VmHWM:"):
-                        total += int(line.split()[1]) * 1024
+                total += status_kib(p.pid, "VmHWM")
             except OSError:
                 pass
-        return total / MIB
+        return total / 1024
 
 
-def setup_ssh(procs: Procs, workdir: Path, target: int) -> tuple[list[PathUnderTest], int]:
+def setup_ssh(procs: ProcessGroup, workdir: Path, target: int) -> tuple[list[PathUnderTest], int]:
     keys = workdir / "ssh"
     keys.mkdir()
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / "host")], check=True)
@@ -205,27 +152,19 @@ def setup_ssh(procs: Procs, workdir: Path, target: int) -> tuple[list[PathUnderT
     return paths, sshd.pid
 
 
-def setup_batchtunnel(procs: Procs, workdir: Path, target: int, loop: str,
+def setup_batchtunnel(procs: ProcessGroup, workdir: Path, target: int, loop: str,
                       agent_loop: str = "asyncio") -> tuple[PathUnderTest, dict[str, object]]:
-    pki = workdir / f"pki-{loop}-{agent_loop}"
-    subprocess.run([BT, "certs", "init", "--dir", str(pki), "--hostname", "localhost"], check=True,
-                   stdout=subprocess.DEVNULL)
+    pki = make_pki(workdir / f"pki-{loop}-{agent_loop}")
     agent_port, api_port = free_port(), free_port()
-    token = "bench-admin-token-0123456789"
-    env = {"BATCHTUNNEL_ADMIN_TOKEN": token}
-    broker = procs.start(f"broker-{loop}-{agent_loop}", [
-        BT, "broker", "--listen", f"127.0.0.1:{agent_port}", "--api-listen", f"127.0.0.1:{api_port}",
-        "--cert", str(pki / "broker.pem"), "--key", str(pki / "broker-key.pem"), "--database", ":memory:",
-        "--event-loop", loop, "--log-level", "WARNING"], env)
+    broker = procs.start(f"broker-{loop}-{agent_loop}", broker_argv(
+        pki, agent_port, api_port, "--event-loop", loop, "--log-level", "WARNING"),
+        env={"BATCHTUNNEL_ADMIN_TOKEN": ADMIN_TOKEN})
     wait_port(api_port)
-    sys.path.insert(0, str(ROOT))
-    from batchtunnel.client import BrokerClient
-
-    client = BrokerClient(f"http://127.0.0.1:{api_port}", token)
+    client = BrokerClient(f"http://127.0.0.1:{api_port}", ADMIN_TOKEN)
     tunnel = client.create_tunnel("bench")
-    agent = procs.start(f"agent-{loop}-{agent_loop}", [
-        BT, "agent", "--url", f"wss://localhost:{agent_port}/agent", "--cafile", str(pki / "ca.pem"),
-        "--event-loop", agent_loop, "--log-level", "WARNING"], {"BATCHTUNNEL_TOKEN": tunnel["token"]})
+    agent = procs.start(f"agent-{loop}-{agent_loop}", agent_argv(
+        pki, agent_port, "--event-loop", agent_loop, "--log-level", "WARNING"),
+        env={"BATCHTUNNEL_TOKEN": tunnel["token"]})
     wait_agent(client, tunnel["id"])
     port = client.expose(tunnel["id"], 0, target)["port"]
     info = {"client": client, "broker_pid": broker.pid, "agent_url": f"wss://localhost:{agent_port}/agent",
@@ -235,57 +174,22 @@ def setup_batchtunnel(procs: Procs, workdir: Path, target: int, loop: str,
     return PathUnderTest(f"batchtunnel, TLS ({name})", port, [broker.pid, agent.pid]), info
 
 
-def wait_agent(client: Any, tunnel_id: str, timeout: float = 20) -> None:
-    """Until the broker says the tunnel's agent is connected."""
-    deadline = time.monotonic() + timeout
-    while not client.tunnel(tunnel_id)["agent"]["connected"]:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the agent of {tunnel_id} did not connect within {timeout:.0f} s")
-        time.sleep(0.05)
-
-
-def repeat(rounds: int, measure: Callable[[], dict[str, float]], label: str) -> list[dict[str, float]]:
-    """``measure()`` ``rounds`` times, printing each result."""
-    runs = []
-    for r in range(rounds):
-        runs.append(measure())
-        print(f"{label} {r + 1}: {runs[-1]}", flush=True)
-    return runs
-
-
-def median_cell(runs: list[dict[str, float]], key: str, fmt: str) -> str:
-    """``median (min-max)`` of one figure over the runs."""
-    values = [r[key] for r in runs]
-    return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
-def idle_agents(procs: Procs, workdir: Path, info: dict[str, object], count: int) -> dict[str, float]:
-    from batchtunnel.client import BrokerClient
-
+def idle_agents(procs: ProcessGroup, info: dict[str, object], count: int) -> dict[str, float]:
     client = info["client"]
     assert isinstance(client, BrokerClient)
     broker_pid = int(info["broker_pid"])  # type: ignore[call-overload]
     tokens = [client.create_tunnel(f"idle{i}")["token"] for i in range(count)]
-    (workdir / "tokens").write_text("\n".join(tokens))
     time.sleep(1)
-    before = rss_kib(broker_pid)
+    before = status_kib(broker_pid, "VmRSS")
     fds_before = psutil.Process(broker_pid).num_fds()
-    procs.start("idle-agents", [PY, str(ROOT / "bench" / "idle_agents.py"), str(info["agent_url"]),
-                                str(info["ca"]), str(workdir / "tokens")])
+    start_idle_agents(procs, str(info["agent_url"]), str(info["ca"]), tokens)
     deadline = time.monotonic() + 120
     while sum(t["agent"]["connected"] for t in client.tunnels()) < count + 1:
         if time.monotonic() > deadline:
             raise RuntimeError("idle agents did not all connect")
         time.sleep(0.2)
     time.sleep(2)
-    after = rss_kib(broker_pid)
+    after = status_kib(broker_pid, "VmRSS")
     return {"agents": count, "rss_before_mib": before / 1024, "rss_after_mib": after / 1024,
             "kib_per_agent": (after - before) / count,
             "fds_per_agent": (psutil.Process(broker_pid).num_fds() - fds_before) / count}
@@ -314,21 +218,19 @@ def main() -> None:
     args = parser.parse_args()
     if args.only_idle:
         workdir = Path(tempfile.mkdtemp(prefix="bt-bench-"))
-        procs = Procs(workdir)
+        procs = ProcessGroup(workdir)
         try:
             _, info = setup_batchtunnel(procs, workdir, free_port(), "uvloop", "asyncio")
-            print(json.dumps(idle_agents(procs, workdir, info, args.idle_agents)))
+            print(json.dumps(idle_agents(procs, info, args.idle_agents)))
         finally:
-            procs.stop()
+            procs.stop_all()
         return
     one, many, rtts = (1024 * MIB, 64 * MIB, 10_000) if not args.quick else (64 * MIB, 8 * MIB, 1000)
 
     workdir = Path(tempfile.mkdtemp(prefix="bt-bench-"))
-    procs = Procs(workdir)
+    procs = ProcessGroup(workdir)
     try:
-        target = free_port()
-        procs.start("target", [PY, str(ROOT / "bench" / "target.py"), str(target)])
-        wait_port(target)
+        target = start_target(procs)
         paths = [PathUnderTest("direct TCP", target)]
         ssh_paths, _ = setup_ssh(procs, workdir, target)
         paths += ssh_paths
@@ -350,9 +252,9 @@ def main() -> None:
                       f"{rec['many_mb_s'][-1]:.0f} MB/s x16, p50 {rec['rtt_p50_us'][-1]:.0f} us", flush=True)
         peak = {p.name: p.peak_rss_mib() for p in paths}
         stall = [stalled_figure(bt_default, one // 2) for _ in range(args.rounds)]
-        idle = idle_agents(procs, workdir, info, args.idle_agents)
+        idle = idle_agents(procs, info, args.idle_agents)
     finally:
-        procs.stop()
+        procs.stop_all()
 
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -401,18 +303,6 @@ def render(report: dict) -> str:  # type: ignore[type-arg]
         f"{idle['fds_per_agent']:.2f} file descriptors per agent.",
     ]
     return "\n".join(lines)
-
-
-def write_docs(table: str, section: str = "results") -> None:
-    """Replace what docs/benchmarks.md holds between <!-- SECTION:start --> and <!-- SECTION:end -->."""
-    path = ROOT / "docs" / "benchmarks.md"
-    text = path.read_text()
-    start, end = f"<!-- {section}:start -->", f"<!-- {section}:end -->"
-    if start not in text:
-        raise RuntimeError(f"docs/benchmarks.md has no {start} marker")
-    before, _, rest = text.partition(start)
-    _, _, after = rest.partition(end)
-    path.write_text(f"{before}{start}\n{table}\n{end}{after}")
 
 
 if __name__ == "__main__":
