@@ -49,6 +49,7 @@ class CloseCode(enum.IntEnum):
     NORMAL = 1000
     PROTOCOL_ERROR = 1002
     UNSUPPORTED_DATA = 1003
+    INVALID_DATA = 1007
     NO_STATUS = 1005
     MESSAGE_TOO_BIG = 1009
 
@@ -166,8 +167,19 @@ def _control(opcode: Opcode, payload: bytes) -> Control:
     if len(payload) == 1:
         raise FramingError(CloseCode.PROTOCOL_ERROR, "close frame with a 1-byte payload")
     (code,) = _U16.unpack_from(payload)
-    reason = payload[2:].decode("utf-8", "replace")
+    if not _sendable(code):
+        raise FramingError(CloseCode.PROTOCOL_ERROR, f"close code {code} may not be sent (RFC 6455 7.4)")
+    try:
+        reason = payload[2:].decode("utf-8")
+    except UnicodeDecodeError:
+        raise FramingError(CloseCode.INVALID_DATA, "close reason is not UTF-8") from None
     return Control(opcode, payload, code, reason)
+
+
+def _sendable(code: int) -> bool:
+    """A close code a peer may put on the wire: RFC 6455's and IANA's defined ones but the three that
+    only name a local condition (1005, 1006, 1015), and the ranges for libraries and applications."""
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
 
 
 def encode(opcode: Opcode, payload: Buffer, mask: bool) -> list[Buffer]:

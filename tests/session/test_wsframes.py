@@ -66,6 +66,18 @@ def test_close_frame_code_and_reason() -> None:
         (bytes([0x89, 126]) + struct.pack("!H", 126) + b"x" * 126, False, CloseCode.PROTOCOL_ERROR),
         (bytes([0x82, 127]) + struct.pack("!Q", 2**40), False, CloseCode.MESSAGE_TOO_BIG),
         (bytes([0x88, 0x01, 0x00]), False, CloseCode.PROTOCOL_ERROR),         # 1-byte close payload
+        # Close codes no peer may send (RFC 6455 7.4): refused, not echoed.
+        (bytes([0x88, 0x02]) + struct.pack("!H", 0), False, CloseCode.PROTOCOL_ERROR),  # close 0
+        (bytes([0x88, 0x02]) + struct.pack("!H", 999), False, CloseCode.PROTOCOL_ERROR),  # close 999
+        (bytes([0x88, 0x02]) + struct.pack("!H", 1004), False, CloseCode.PROTOCOL_ERROR),  # close 1004
+        (bytes([0x88, 0x02]) + struct.pack("!H", 1005), False, CloseCode.PROTOCOL_ERROR),  # close 1005
+        (bytes([0x88, 0x02]) + struct.pack("!H", 1006), False, CloseCode.PROTOCOL_ERROR),  # close 1006
+        (bytes([0x88, 0x02]) + struct.pack("!H", 1015), False, CloseCode.PROTOCOL_ERROR),  # close 1015
+        (bytes([0x88, 0x02]) + struct.pack("!H", 1016), False, CloseCode.PROTOCOL_ERROR),  # close 1016
+        (bytes([0x88, 0x02]) + struct.pack("!H", 2999), False, CloseCode.PROTOCOL_ERROR),  # close 2999
+        (bytes([0x88, 0x02]) + struct.pack("!H", 5000), False, CloseCode.PROTOCOL_ERROR),  # close 5000
+        (bytes([0x88, 0x02]) + struct.pack("!H", 65535), False, CloseCode.PROTOCOL_ERROR),  # close 65535
+        (bytes([0x88, 0x04]) + struct.pack("!H", 1000) + b"\xff\xfe", False, CloseCode.INVALID_DATA),
     ],
 )
 def test_violations_are_refused_with_their_code(raw: bytes, masked: bool, code: int) -> None:
@@ -79,4 +91,11 @@ def test_arbitrary_bytes_parse_or_raise_framing_error(raw: bytes, masked: bool) 
     try:
         FrameParser(masked, 1024).feed(raw)
     except FramingError as exc:
-        assert exc.code in (CloseCode.PROTOCOL_ERROR, CloseCode.UNSUPPORTED_DATA, CloseCode.MESSAGE_TOO_BIG)
+        assert exc.code in (CloseCode.PROTOCOL_ERROR, CloseCode.UNSUPPORTED_DATA, CloseCode.MESSAGE_TOO_BIG,
+                            CloseCode.INVALID_DATA)
+
+
+@pytest.mark.parametrize("code", [1000, 1001, 1003, 1007, 1011, 1014, 3000, 4001, 4999])
+def test_close_codes_a_peer_may_send_are_accepted(code: int) -> None:
+    (close,) = FrameParser(False, 1024).feed(bytes([0x88, 0x04]) + struct.pack("!H", code) + b"ok")
+    assert isinstance(close, Control) and (close.code, close.reason) == (code, "ok")
