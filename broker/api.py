@@ -44,14 +44,16 @@ class Api:
         registry: the tunnels.
         admin_token: the bearer token every ``/api/`` request must present.
         expose_hosts: hub-side addresses exposures may bind.
+        allow_privileged_ports: exposures may bind ports below 1024.
     """
 
     def __init__(self, registry: Registry, admin_token: str, expose_hosts: list[str],
-                 metrics: Callable[[], str]) -> None:
+                 metrics: Callable[[], str], allow_privileged_ports: bool = False) -> None:
         self.registry = registry
         self.admin_token = admin_token
         self.expose_hosts = expose_hosts
         self.metrics_text = metrics
+        self.allow_privileged_ports = allow_privileged_ports
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware], client_max_size=64 * 1024)
@@ -123,6 +125,10 @@ class Api:
         if not _is_port(rport, allow_zero=False):
             return _error(400, "rport must be an integer 1-65535: the port on the agent's node")
         assert isinstance(port, int) and isinstance(rport, int)
+        if 0 < port < 1024 and not self.allow_privileged_ports:
+            # The broker often runs as root: a port below 1024 would be one of the host's services'.
+            return _error(400, f"port {port} is privileged (below 1024); the broker exposes one only when "
+                               "started with --allow-privileged-ports")
         for other in self.registry.tunnels.values():
             existing = other.exposures.get((host, port))
             if existing is None or port == 0:

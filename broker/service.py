@@ -35,6 +35,7 @@ class BrokerConfig:
     insecure: bool = False
     database: str = ":memory:"
     expose_hosts: list[str] = field(default_factory=lambda: ["127.0.0.1"])
+    allow_privileged_ports: bool = False
     handshake_timeout: float = 10.0
     heartbeat_interval: float = 5.0
     heartbeat_timeout: float = 15.0
@@ -89,7 +90,8 @@ class Broker:
                       config.auth_failure_window),
             frozenset(config.trusted_proxies), config.resume_grace,
         )
-        self.api = Api(self.registry, config.admin_token, config.expose_hosts, self.metrics_text)
+        self.api = Api(self.registry, config.admin_token, config.expose_hosts, self.metrics_text,
+                       config.allow_privileged_ports)
         self._runners: list[web.AppRunner] = []
         self._listener: AgentListener | None = None
         self.agent_port = 0

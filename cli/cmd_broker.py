@@ -38,6 +38,8 @@ OPTIONS = [
            str, "batchtunnel-broker.sqlite", metavar="FILE"),
     Option("expose-host", "hub-side address that exposures may bind (repeatable); the first is the default",
            str, ["127.0.0.1"], multiple=True, metavar="ADDR"),
+    Option("allow-privileged-ports", "let exposures bind hub-side ports below 1024 (refused by default: the "
+           "broker often runs as root, and those ports belong to the host's services)", flag=True),
     Option("hub-api", "JupyterHub's API address, HOST:PORT (its hub_bind_url), for agents in single-outbound-"
            "port mode; unset: agents may open no streams", host_port, None, metavar="HOST:PORT"),
     Option("handshake-timeout", "seconds an agent has to complete the protocol handshake", positive, 10.0),
@@ -92,6 +94,7 @@ def run(values: dict[str, Any], args: argparse.Namespace) -> int:
         listen_host=listen_host, listen_port=listen_port, api_host=api_host, api_port=api_port,
         cert=values["cert"], key=values["key"], insecure=bool(values["insecure"]),
         database=values["database"], expose_hosts=values["expose_host"],
+        allow_privileged_ports=bool(values["allow_privileged_ports"]),
         handshake_timeout=values["handshake_timeout"],
         heartbeat_interval=values["heartbeat_interval"], heartbeat_timeout=values["heartbeat_timeout"],
         hub_api=values["hub_api"], wire=wire, resume_grace=values["resume_grace"],

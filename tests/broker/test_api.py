@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from batchtunnel.client import ApiError, BrokerClient
 
-from tests.support.processes import free_port
-from tests.support.tunnel import BrokerProcess
+from tests.support.processes import ProcessGroup, free_port, port_open
+from tests.support.tunnel import BrokerProcess, Pki
 
 
 def raw(broker: BrokerProcess, method: str, path: str, body: bytes | None) -> tuple[int, dict[str, object]]:
@@ -52,6 +52,8 @@ def test_token_is_shown_once_and_only_its_hash_is_kept(broker: BrokerProcess) ->
         (b'{"rport": 80, "port": 70000}', 400, "port must be an integer 0-65535"),
         (b'{"rport": 80, "host": "0.0.0.0"}', 400, "is not allowed"),
         (b'{"rport": ' + b"[" * 20000, 400, "nested too deeply"),  # not a 500 from a RecursionError
+        (b'{"rport": 80, "port": 81}', 400, "port 81 is privileged"),  # the broker often runs as root
+        (b'{"rport": 80, "port": 1023}', 400, "--allow-privileged-ports"),
     ],
 )
 def test_expose_validates_input(broker: BrokerProcess, body: bytes, status: int, message: str) -> None:
@@ -93,3 +95,10 @@ def test_deleted_tunnel_closes_its_ports(broker: BrokerProcess) -> None:
     assert not port_open(port)
     with pytest.raises(ApiError):
         broker.client.tunnel(tunnel["id"])
+
+
+def test_privileged_ports_only_when_the_admin_allows_them(procs: ProcessGroup, pki: Pki, tmp_path: Path) -> None:
+    port = next(p for p in range(1023, 900, -1) if not port_open(p))
+    broker = BrokerProcess(procs, pki, tmp_path, "--allow-privileged-ports")
+    tunnel = broker.client.create_tunnel("root")
+    assert broker.client.expose(tunnel["id"], port, 8888)["port"] == port
