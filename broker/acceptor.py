@@ -81,16 +81,17 @@ class AgentListener:
                     await asyncio.sleep(ACCEPT_PAUSE)
                     continue
                 raise
-            peer = f"{address[0]}:{address[1]}"
-            if not self.admission.open():
+            host = str(address[0])
+            peer = f"{host}:{address[1]}"
+            if not self.admission.open(host):
                 sock.close()
                 self._refused(peer)
                 continue
-            self._tasks.spawn(self._connect(sock, peer), f"connection from {peer}")
+            self._tasks.spawn(self._connect(sock, host, peer), f"connection from {peer}")
 
-    async def _connect(self, sock: socket.socket, peer: str) -> None:
+    async def _connect(self, sock: socket.socket, host: str, peer: str) -> None:
         """TLS (if any), then the link's own handshake; the link releases the count from there on."""
-        link = self.new_link(self.admission.done)
+        link = self.new_link(lambda: self.admission.done(host))
         try:
             await asyncio.get_running_loop().connect_accepted_socket(
                 lambda: link, sock, ssl=self.ssl_context,
@@ -98,7 +99,7 @@ class AgentListener:
         except (OSError, ssl.SSLError, asyncio.TimeoutError) as exc:
             sock.close()
             if not link.connected:  # the link never started, so it will not report
-                self.admission.done()
+                self.admission.done(host)
             log.debug("connection from %s: no TLS: %s", peer, exc or type(exc).__name__)
 
     def _refused(self, peer: str) -> None:
@@ -106,5 +107,6 @@ class AgentListener:
         if now - self._crowd_logged >= CROWD_LOG_INTERVAL:
             self._crowd_logged = now
             log.warning("connection from %s closed: %d connections are already waiting to authenticate "
-                        "(--max-unauthenticated); %d refused so far", peer, self.admission.max_pending,
-                        self.admission.refused_pending_total)
+                        "(--max-unauthenticated), or its address holds half of them; %d + %d refused so far",
+                        peer, self.admission.pending, self.admission.refused_pending_total,
+                        self.admission.refused_share_total)

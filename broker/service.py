@@ -87,7 +87,7 @@ class Broker:
             self.registry, config.wire, config.handshake_timeout,
             config.heartbeat_interval, config.heartbeat_timeout, config.hub_api,
             Admission(config.max_unauthenticated, config.auth_failure_limit, config.auth_block_max,
-                      config.auth_failure_window),
+                      config.auth_failure_window, frozenset(config.trusted_proxies)),
             frozenset(config.trusted_proxies), config.resume_grace,
         )
         self.api = Api(self.registry, config.admin_token, config.expose_hosts, self.metrics_text,
@@ -202,5 +202,6 @@ class Broker:
             "# TYPE batchtunnel_refused_total counter",
             f'batchtunnel_refused_total{{cause="crowd"}} {admission.refused_pending_total}',
             f'batchtunnel_refused_total{{cause="blocked"}} {admission.refused_blocked_total}',
+            f'batchtunnel_refused_total{{cause="address_share"}} {admission.refused_share_total}',
         ]
         return "\n".join(lines) + "\n"

@@ -6,12 +6,24 @@ from batchtunnel.broker.admission import MAX_ADDRESSES, Admission
 
 
 def test_the_pending_cap_admits_up_to_its_limit_and_counts_refusals() -> None:
-    rules = Admission(max_pending=2)
-    assert rules.open() and rules.open()
-    assert not rules.open()
+    rules = Admission(max_pending=4)
+    assert rules.open("a") and rules.open("b") and rules.open("c") and rules.open("d")
+    assert not rules.open("e")
     assert rules.refused_pending_total == 1
-    rules.done()
-    assert rules.open()
+    rules.done("b")
+    assert rules.open("e")
+
+
+def test_one_address_holds_at_most_half_of_the_cap() -> None:
+    rules = Admission(max_pending=8, unshared=frozenset({"proxy"}))
+    assert all(rules.open("crowd") for _ in range(4))
+    assert not rules.open("crowd")  # its share is taken; others still get in
+    assert rules.refused_share_total == 1
+    assert all(rules.open("agent") for _ in range(2))
+    rules.done("crowd")
+    assert rules.open("crowd")
+    relay = Admission(max_pending=8, unshared=frozenset({"proxy"}))
+    assert all(relay.open("proxy") for _ in range(8))  # a trusted reverse proxy carries every agent
 
 
 def test_failures_block_an_address_doubling_up_to_the_maximum() -> None:

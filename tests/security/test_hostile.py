@@ -8,6 +8,7 @@ broker returns to its baseline (no connection waiting, no stray session or strea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import resource
 import ssl
@@ -226,8 +227,10 @@ async def test_thousands_of_half_open_connections_are_shed(arena: Arena) -> None
 async def test_the_unauthenticated_connection_cap_closes_the_next_connection_before_tls(arena: Arena) -> None:
     held = []
     async with healthy_traffic(arena):
-        for _ in range(MAX_UNAUTHENTICATED):  # counted from the TCP accept: no TLS state for the crowd
-            held.append(await asyncio.open_connection("127.0.0.1", arena.broker.agent_port))
+        for i in range(MAX_UNAUTHENTICATED):  # counted from the TCP accept: no TLS state for the crowd
+            source = "127.0.0.31" if i % 2 else "127.0.0.32"  # one address may hold only half the cap
+            held.append(await asyncio.open_connection("127.0.0.1", arena.broker.agent_port,
+                                                      local_addr=(source, 0)))
         await eventually(lambda: arena.broker.metrics()["batchtunnel_unauthenticated_connections"]
                          == MAX_UNAUTHENTICATED, 10, "every held connection to count as waiting")
         refused_before = arena.broker.metrics()['batchtunnel_refused_total{cause="crowd"}']
@@ -242,6 +245,41 @@ async def test_the_unauthenticated_connection_cap_closes_the_next_connection_bef
         agent = await HostileAgent.open(arena.url, arena.hostile_token, arena.ca, "127.0.0.30")
         assert await agent.alive()
         await agent.close()
+    await back_to_baseline(arena)
+
+
+async def test_one_address_holding_connections_open_keeps_no_agent_out(arena: Arena) -> None:
+    """~300 bare TCP connections from one address, reopened as they are closed, kept every new agent out
+    for as long as they lasted. Now one address holds at most half the cap: an agent from another
+    address gets in while the crowd goes on, and the crowd's excess is closed at the accept."""
+    stop = asyncio.Event()
+    refused_before = arena.broker.metrics().get('batchtunnel_refused_total{cause="address_share"}', 0.0)
+
+    async def crowd() -> None:
+        async def hold() -> None:
+            while not stop.is_set():
+                try:
+                    reader, writer = await asyncio.open_connection(
+                        "127.0.0.1", arena.broker.agent_port, local_addr=("127.0.0.60", 0))
+                except OSError:
+                    await asyncio.sleep(0.01)
+                    continue
+                with contextlib.suppress(OSError):
+                    await reader.read()  # until the broker closes it (the cap, or the handshake timeout)
+                writer.close()
+
+        await asyncio.gather(*(hold() for _ in range(300)))
+
+    async with healthy_traffic(arena):
+        flood = asyncio.create_task(crowd())
+        await eventually(lambda: arena.broker.metrics()["batchtunnel_unauthenticated_connections"]
+                         >= MAX_UNAUTHENTICATED // 2, 10, "the crowd to take its share")
+        agent = await HostileAgent.open(arena.url, arena.hostile_token, arena.ca, "127.0.0.61")
+        assert await agent.alive()
+        await agent.close()
+        assert arena.broker.metrics()['batchtunnel_refused_total{cause="address_share"}'] > refused_before
+        stop.set()
+        await asyncio.wait_for(flood, 4 * HANDSHAKE_TIMEOUT)
     await back_to_baseline(arena)
 
 
