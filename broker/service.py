@@ -6,13 +6,12 @@ import logging
 import ssl
 from dataclasses import dataclass, field
 
-from aiohttp import web
-
 from ..wire import ConfigurationError, Settings
 from .acceptor import AgentListener
 from .admission import Admission
 from .agent_endpoint import AgentEndpoint
 from .api import Api
+from .api_listener import UNIX_PREFIX, ApiListener
 from .registry import Registry
 from .store import Store
 
@@ -28,8 +27,11 @@ class BrokerConfig:
     admin_token: str
     listen_host: str = "0.0.0.0"
     listen_port: int = 8765
-    api_host: str = "127.0.0.1"
+    api_host: str = "127.0.0.1"  # or unix:PATH
     api_port: int = 8766
+    api_max_connections: int = 64
+    api_timeout: float = 10.0
+    api_socket_mode: int = 0o600
     cert: str | None = None
     key: str | None = None
     insecure: bool = False
@@ -69,6 +71,8 @@ class BrokerConfig:
                 or self.auth_failure_window <= 0):
             raise ConfigurationError("--max-unauthenticated and --auth-failure-limit must be at least 1, "
                                      "--auth-block-max and --auth-failure-window more than 0")
+        if self.api_max_connections < 1 or self.api_timeout <= 0:
+            raise ConfigurationError("--api-max-connections must be at least 1, --api-timeout more than 0")
         if self.heartbeat_timeout <= self.heartbeat_interval:
             raise ConfigurationError("--heartbeat-timeout must be longer than --heartbeat-interval")
         if self.resume_grace < 0:
@@ -92,7 +96,8 @@ class Broker:
         )
         self.api = Api(self.registry, config.admin_token, config.expose_hosts, self.metrics_text,
                        config.allow_privileged_ports)
-        self._runners: list[web.AppRunner] = []
+        self._api_listener = ApiListener(self.api.app(), config.api_max_connections, config.api_timeout,
+                                         config.api_socket_mode)
         self._listener: AgentListener | None = None
         self.agent_port = 0
         self.api_port = 0
@@ -115,24 +120,14 @@ class Broker:
                                        self.config.handshake_timeout)
         self._listener.open(self.config.listen_host, self.config.listen_port)
         self.agent_port = self._listener.port
-        if self.config.api_host not in LOOPBACK_HOSTS:
+        if self.config.api_host not in LOOPBACK_HOSTS and not self.config.api_host.startswith(UNIX_PREFIX):
             log.warning("the admin API listens on %s, not on loopback: anyone who can reach it may try the "
                         "admin token", self.config.api_host)
-        self.api_port = await self._serve(self.api.app(), self.config.api_host, self.config.api_port, None)
+        self.api_port = await self._api_listener.open(self.config.api_host, self.config.api_port)
         await self._restore_exposures()
         scheme = "wss" if ssl_context else "ws"
-        log.info("broker ready: agents %s://%s:%d/agent, API http://%s:%d", scheme,
-                 self.config.listen_host, self.agent_port, self.config.api_host, self.api_port)
-
-    async def _serve(self, app: web.Application, host: str, port: int, ctx: ssl.SSLContext | None) -> int:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
-        await runner.setup()
-        self._runners.append(runner)
-        site = web.TCPSite(runner, host, port, ssl_context=ctx, reuse_address=True)
-        await site.start()
-        sockets = getattr(site._server, "sockets", None) or []
-        bound: int = sockets[0].getsockname()[1] if sockets else port
-        return bound
+        log.info("broker ready: agents %s://%s:%d/agent, API %s", scheme,
+                 self.config.listen_host, self.agent_port, self._api_listener.address)
 
     async def _restore_exposures(self) -> None:
         for record in self.store.exposures():
@@ -154,9 +149,7 @@ class Broker:
         for tunnel in self.registry.tunnels.values():
             for exposure in tunnel.exposures.values():
                 await exposure.close()
-        for runner in reversed(self._runners):
-            await runner.cleanup()
-        self._runners.clear()
+        await self._api_listener.close()
         self.store.close()
 
     def metrics_text(self) -> str:
@@ -203,5 +196,10 @@ class Broker:
             f'batchtunnel_refused_total{{cause="crowd"}} {admission.refused_pending_total}',
             f'batchtunnel_refused_total{{cause="blocked"}} {admission.refused_blocked_total}',
             f'batchtunnel_refused_total{{cause="address_share"}} {admission.refused_share_total}',
+            "# HELP batchtunnel_api_connections_closed_total Admin API connections closed by the broker, by "
+            "cause: over --api-max-connections, or open past --api-timeout.",
+            "# TYPE batchtunnel_api_connections_closed_total counter",
+            f'batchtunnel_api_connections_closed_total{{cause="crowd"}} {self._api_listener.refused_total}',
+            f'batchtunnel_api_connections_closed_total{{cause="timeout"}} {self._api_listener.timed_out_total}',
         ]
         return "\n".join(lines) + "\n"

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..wire import ConfigurationError, Settings
 from .event_loop import run as run_loop
-from .options import Option, host_port, positive, read_secret, seconds_or_off
+from .options import Option, api_address, file_mode, host_port, positive, read_secret, seconds_or_off
 
 log = logging.getLogger("batchtunnel.broker")
 
@@ -28,8 +28,14 @@ that file does not exist yet, a new random token is written to it (mode 0600).
 
 OPTIONS = [
     Option("listen", "address of the agent endpoint, HOST:PORT", host_port, "0.0.0.0:8765", metavar="HOST:PORT"),
-    Option("api-listen", "address of the admin API, HOST:PORT (keep it on loopback)", host_port,
-           "127.0.0.1:8766", metavar="HOST:PORT"),
+    Option("api-listen", "address of the admin API: HOST:PORT (keep it on loopback), or unix:PATH for a "
+           "unix socket whose file mode (--api-socket-mode) says who may connect", api_address,
+           "127.0.0.1:8766", metavar="HOST:PORT|unix:PATH"),
+    Option("api-socket-mode", "file mode of the admin API's unix socket, octal (660: the broker's group too)",
+           file_mode, 0o600, metavar="MODE"),
+    Option("api-max-connections", "admin API connections open at once; more are closed as they arrive",
+           int, 64),
+    Option("api-timeout", "seconds an admin API connection may stay open, slow or idle", positive, 10.0),
     Option("cert", "PEM certificate (chain) for the agent endpoint's TLS", metavar="FILE"),
     Option("key", "PEM private key for --cert", metavar="FILE"),
     Option("insecure", "accept agents over plain ws:// without TLS (testing only)", flag=True),
@@ -93,6 +99,8 @@ def run(values: dict[str, Any], args: argparse.Namespace) -> int:
         admin_token=admin_token(values),
         listen_host=listen_host, listen_port=listen_port, api_host=api_host, api_port=api_port,
         cert=values["cert"], key=values["key"], insecure=bool(values["insecure"]),
+        api_max_connections=values["api_max_connections"], api_timeout=values["api_timeout"],
+        api_socket_mode=values["api_socket_mode"],
         database=values["database"], expose_hosts=values["expose_host"],
         allow_privileged_ports=bool(values["allow_privileged_ports"]),
         handshake_timeout=values["handshake_timeout"],

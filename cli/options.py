@@ -147,6 +147,23 @@ def host_port(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def api_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT``, or ``unix:PATH`` for a unix socket (returned as ``("unix:PATH", 0)``)."""
+    if str(text).startswith("unix:"):
+        if not str(text)[5:].startswith("/"):
+            raise ValueError(f"expected unix:/absolute/path, got {text!r}")
+        return str(text), 0
+    return host_port(text)
+
+
+def file_mode(text: str) -> int:
+    """An octal file mode such as ``660``."""
+    value = int(str(text), 8)
+    if not 0 <= value <= 0o777:
+        raise ValueError(f"{text!r} is not a file mode")
+    return value
+
+
 def port_number(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:

@@ -37,7 +37,11 @@ class BrokerTunnelMixin(ResourceOptionsMixin, ConnectToJobMixin):
 
     broker_api_url = Unicode(
         "http://127.0.0.1:8766",
-        help="The broker's admin API, as reachable from the hub (normally loopback).",
+        help="""
+        The broker's admin API, as reachable from the hub: http://127.0.0.1:PORT, or unix:PATH when the
+        broker listens on a unix socket (--api-listen unix:PATH; then its file mode decides who may
+        connect: run the hub as the broker's user or in its group with --api-socket-mode 660).
+        """,
     ).tag(config=True)
 
     broker_admin_token_file = Unicode(

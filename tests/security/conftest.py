@@ -24,6 +24,8 @@ AUTH_FAILURE_LIMIT = 5
 MAX_STREAMS = 64
 TRANSFER = 8 * 1024 * 1024
 RSS_SLACK_KIB = 16 * 1024
+API_TIMEOUT = 3.0
+API_MAX_CONNECTIONS = 64  # the default
 
 
 @dataclass
@@ -52,7 +54,7 @@ def arena(module_procs: ProcessGroup, pki: Pki, tmp_path_factory: pytest.TempPat
         module_procs, pki, Path(tmp_path_factory.mktemp("arena")),
         "--handshake-timeout", str(HANDSHAKE_TIMEOUT), "--max-unauthenticated", str(MAX_UNAUTHENTICATED),
         "--auth-failure-limit", str(AUTH_FAILURE_LIMIT), "--auth-block-max", "30",
-        "--max-streams", str(MAX_STREAMS),
+        "--max-streams", str(MAX_STREAMS), "--api-timeout", str(API_TIMEOUT),
         # A session the hostile agent abandons mid-resumption is held this long, then the baseline returns.
         "--resume-grace", "3",
     )
