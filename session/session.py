@@ -173,7 +173,12 @@ class TunnelSession:
 
     def attach(self, link: WebSocketLink) -> None:
         """Carry on over ``link``, replacing the current one (lost, or presumed so: the peer's new
-        connection says it is). Our RESUME goes first; the peer's brings both sides in step."""
+        connection says it is). Our RESUME goes first; the peer's brings both sides in step.
+
+        The resume counts from here, when the new link is taken, not once the RESUME exchange ends: the
+        tunnel's state (connected since, resumes) changes in one step, never half (a test reading it
+        between the two saw a new connection and no resume)."""
+        self.resumes += 1
         old = self.link
         if old is not link:
             old.receiver = None
@@ -366,7 +371,6 @@ class TunnelSession:
         self._kick()
 
     def _on_resumed(self, event: events.SessionResumed) -> None:
-        self.resumes += 1
         down = time.time() - self.suspended_since if self.suspended_since is not None else 0.0
         self.suspended_since = None
         log.info("session %s: resumed after %.1f s: %d streams carried on, %d bytes sent again, "
