@@ -20,9 +20,9 @@ With the "resume" feature, a Connection outlives its transport (§9)::
     conn.resume()                          # a new transport: send data_to_send() (RESUME) first
     conn.receive_data(...)                 # the peer's RESUME: missing data is re-sent, SessionResumed
 
-This module parses frames, handles the connection's own (HELLO, OPEN, PING, GOAWAY, RESUME) and
-holds the commands; the rest has its own place: which frame each state accepts (``states``), the
-streams with their frames and sending (``stream``), flow-control arithmetic (``windows``),
+This module parses frames, handles the connection's own (HELLO, PING, GOAWAY, RESUME) and holds
+the commands; the rest has its own place: which frame each state accepts (``states``), the streams
+with their frames (OPEN, DATA, WINDOW_UPDATE, RESET) and sending (``stream``), flow-control arithmetic (``windows``),
 resumption (``resume``, ``replay``), payload codecs (``frames``, ``hello``).
 """
 
@@ -39,7 +39,6 @@ from .events import (
     PingAcknowledged,
     SessionStarted,
     StreamId,
-    StreamOpened,
     StreamReset,
 )
 from .exceptions import InvalidState, ProtocolError
@@ -323,7 +322,7 @@ class Connection:
         elif type_ is FrameType.WINDOW_UPDATE:
             self._streams.on_window_update(sid, flags, payload)
         elif type_ is FrameType.OPEN:
-            self._on_open(sid, frames.decode_open(payload))
+            self._streams.on_open(sid, frames.decode_open(payload), accepting=self._goaway_sent_last is None)
         elif type_ is FrameType.RESET:
             self._streams.on_reset(sid, frames.decode_reset(payload))
         elif type_ is FrameType.PING:
@@ -348,24 +347,6 @@ class Connection:
         self._streams.keep = "resume" in self.negotiated.features
         self._set_state(State.OPEN)
         self._events.append(SessionStarted(self.negotiated))
-
-    def _on_open(self, sid: int, port: int) -> None:
-        streams = self._streams
-        if streams.mine(sid):
-            raise ProtocolError(f"OPEN with stream id {sid}, which belongs to the receiver")
-        if sid <= streams.last_peer_id:
-            raise ProtocolError(f"OPEN with stream id {sid}, not above the last one ({streams.last_peer_id})")
-        streams.last_peer_id = sid
-        refused = (
-            self._goaway_sent_last is not None
-            or streams.peer_opened >= self.settings.max_streams
-            or streams.over_budget()
-        )
-        if refused:
-            self._out.frame(FrameType.RESET, 0, sid, frames.encode_u32(ErrorCode.REFUSED_STREAM))
-            return
-        streams.new(sid, port)
-        self._events.append(StreamOpened(StreamId(sid), port))
 
     def _on_goaway(self, last: int, code: int, reason: str) -> None:
         self._goaway_received_last = last

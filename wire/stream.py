@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Iterator
 
 from .codes import ErrorCode
-from .events import DataReceived, Event, StreamDrained, StreamEnded, StreamId, StreamReset
+from .events import DataReceived, Event, StreamDrained, StreamEnded, StreamId, StreamOpened, StreamReset
 from .exceptions import InvalidState, ProtocolError
 from .frames import (
     MAX_STREAM_ID,
@@ -168,6 +168,20 @@ class Streams:
             self.remove(stream)
 
     # ------------------------------------------------------ frames received
+
+    def on_open(self, sid: int, port: int, accepting: bool) -> None:
+        """OPEN from the peer: a new stream, or a RESET REFUSED_STREAM when we are going away
+        (``accepting`` False), at the peer's stream limit or at the session's receive budget."""
+        if self.mine(sid):
+            raise ProtocolError(f"OPEN with stream id {sid}, which belongs to the receiver")
+        if sid <= self.last_peer_id:
+            raise ProtocolError(f"OPEN with stream id {sid}, not above the last one ({self.last_peer_id})")
+        self.last_peer_id = sid
+        if not accepting or self.peer_opened >= self.settings.max_streams or self.over_budget():
+            self.out.frame(FrameType.RESET, 0, sid, encode_u32(ErrorCode.REFUSED_STREAM))
+            return
+        self.new(sid, port)
+        self.events.append(StreamOpened(StreamId(sid), port))
 
     def on_data(self, sid: int, flags: int, payload: bytes) -> None:
         """DATA from the peer."""
