@@ -21,7 +21,7 @@ import asyncio
 import os
 import re
 import shlex
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batchspawner.batchspawner import format_template
 from jupyterhub.utils import random_port
@@ -31,10 +31,18 @@ from traitlets.config import Configurable
 from ..wire import ConnectToJobError
 from .background import BackgroundCommand
 
+if TYPE_CHECKING:
+    # The mixin is only ever combined with a batchspawner class (``class X(ConnectToJobMixin, SlurmSpawner)``)
+    # and uses its attributes and super() methods: for the type checker it derives from their common base.
+    # At run time it stays a plain Configurable, so the spawner's MRO is exactly the one it always was.
+    from batchspawner import BatchSpawnerBase as _SpawnerBase
+else:
+    _SpawnerBase = Configurable
+
 _RPORT = re.compile(r"\brport\b")
 
 
-class ConnectToJobMixin(Configurable):
+class ConnectToJobMixin(_SpawnerBase):
     """Adds the connect-to-job step to a batchspawner class: put it before the class in the bases."""
 
     connect_to_job_cmd = Unicode(
@@ -106,9 +114,9 @@ class ConnectToJobMixin(Configurable):
             port, rport = random_port(), notebook_port
         else:
             port = rport = notebook_port
-        values: dict[str, Any] = dict(self.get_req_subvars())  # type: ignore[attr-defined]
+        values: dict[str, Any] = dict(self.get_req_subvars())
         values.update(self.connect_subvars())
-        values.update(job_id=self.job_id, host=host, port=port, rport=rport)  # type: ignore[attr-defined]
+        values.update(job_id=self.job_id, host=host, port=port, rport=rport)
         quoted = {k: shlex.quote(v) if isinstance(v, str) else v for k, v in values.items()}
         try:
             return format_template(template, **quoted), port
@@ -119,12 +127,12 @@ class ConnectToJobMixin(Configurable):
 
     async def start(self) -> Any:
         self.previous_stop, self.stop_reason = self.stop_reason, ""
-        ip, port = await super().start()  # type: ignore[misc]
+        ip, port = await super().start()
         if not self.connect_to_job_cmd:
             return ip, port
         command, local_port = self.render_connect_cmd(ip, port)
         connect = BackgroundCommand(command, self.connect_env(), name="connect-to-job command")
-        self.log.info("Starting connect-to-job command for job %s: %s", self.job_id, command)  # type: ignore[attr-defined]
+        self.log.info("Starting connect-to-job command for job %s: %s", self.job_id, command)
         await connect.start()
         self._connect = connect
         await asyncio.sleep(self.connect_startup_check)
@@ -142,7 +150,7 @@ class ConnectToJobMixin(Configurable):
         connect = self._watched_connect()
         if connect is not None and connect.exited():
             self.stop_reason = connect.describe_exit()
-            self.log.warning("Server of %s stopped: %s", self.user.name, self.stop_reason)  # type: ignore[attr-defined]
+            self.log.warning("Server of %s stopped: %s", self.user.name, self.stop_reason)
             self._connect = None
             self.connect_pid = 0  # seen: later polls must not adopt the dead PID and reword the reason
             # JupyterHub calls stop() only for a server poll() says is running. The job may well be:
@@ -150,7 +158,7 @@ class ConnectToJobMixin(Configurable):
             # like the tunnel), or it would run on for nobody.
             await self.stop(now=True)
             return 1
-        status: int | None = await super().poll()  # type: ignore[misc]
+        status: int | None = await super().poll()
         return status
 
     async def stop(self, now: bool = False) -> None:
@@ -159,7 +167,7 @@ class ConnectToJobMixin(Configurable):
             await connect.terminate(self.connect_stop_timeout)
             self._connect = None
         self.connect_pid = 0
-        await super().stop(now=now)  # type: ignore[misc]
+        await super().stop(now=now)
 
     def _watched_connect(self) -> BackgroundCommand | None:
         """The running command: ours, or the one an earlier hub process started (adopted by PID)."""
@@ -171,7 +179,7 @@ class ConnectToJobMixin(Configurable):
     # -- state
 
     def get_state(self) -> dict[str, Any]:
-        state: dict[str, Any] = super().get_state()  # type: ignore[misc]
+        state: dict[str, Any] = super().get_state()
         if self.stop_reason:  # kept through clear_state: the user sees it when spawning again
             state["stop_reason"] = self.stop_reason
         if self.connect_pid:
@@ -180,13 +188,13 @@ class ConnectToJobMixin(Configurable):
         return state
 
     def load_state(self, state: dict[str, Any]) -> None:
-        super().load_state(state)  # type: ignore[misc]
+        super().load_state(state)
         self.connect_pid = int(state.get("connect_pid", 0))
         self.connect_port = int(state.get("connect_port", 0))
         self.connect_command = str(state.get("connect_command", ""))
         self.stop_reason = str(state.get("stop_reason", ""))
 
     def clear_state(self) -> None:
-        super().clear_state()  # type: ignore[misc]
+        super().clear_state()
         self.connect_pid = self.connect_port = 0
         self.connect_command = ""

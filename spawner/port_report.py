@@ -20,10 +20,10 @@ ROUTE = r"/api/batchspawner"
 ALLOWED = {"port"}
 
 
-class PortReportHandler(APIHandler):  # type: ignore[misc]
+class PortReportHandler(APIHandler):
     """The job reports the port its notebook listens on; nothing else can be set."""
 
-    @web.authenticated  # type: ignore[misc]
+    @web.authenticated
     def post(self) -> None:
         user = self.current_user
         token = self.get_auth_token()

@@ -26,7 +26,7 @@ from .options import Choice
 from .tunnel import BrokerTunnelMixin
 
 
-class SlurmTunnelSpawner(BrokerTunnelMixin, SlurmSpawner):  # type: ignore[misc]
+class SlurmTunnelSpawner(BrokerTunnelMixin, SlurmSpawner):
     """SlurmSpawner through the broker; shows Slurm's pending reason on the spawn page."""
 
     # "%T %B %r": state, execution host, reason (Slurm prints "n/a" as host while pending)
@@ -57,7 +57,7 @@ class SlurmTunnelSpawner(BrokerTunnelMixin, SlurmSpawner):  # type: ignore[misc]
         return f"{reason}; its output ends: {output}" if output else reason
 
 
-class TorqueTunnelSpawner(BrokerTunnelMixin, TorqueSpawner):  # type: ignore[misc]
+class TorqueTunnelSpawner(BrokerTunnelMixin, TorqueSpawner):
     """TorqueSpawner through the broker."""
 
     def format_resources(self, choice: Choice) -> dict[str, Any]:
@@ -66,7 +66,7 @@ class TorqueTunnelSpawner(BrokerTunnelMixin, TorqueSpawner):  # type: ignore[mis
         return variables
 
 
-class PBSTunnelSpawner(BrokerTunnelMixin, PBSSpawner):  # type: ignore[misc]
+class PBSTunnelSpawner(BrokerTunnelMixin, PBSSpawner):
     """PBSSpawner through the broker."""
 
     def format_resources(self, choice: Choice) -> dict[str, Any]:
@@ -75,15 +75,15 @@ class PBSTunnelSpawner(BrokerTunnelMixin, PBSSpawner):  # type: ignore[misc]
         return variables
 
 
-class LsfTunnelSpawner(BrokerTunnelMixin, LsfSpawner):  # type: ignore[misc]
+class LsfTunnelSpawner(BrokerTunnelMixin, LsfSpawner):
     """LsfSpawner through the broker."""
 
 
-class GridEngineTunnelSpawner(BrokerTunnelMixin, GridengineSpawner):  # type: ignore[misc]
+class GridEngineTunnelSpawner(BrokerTunnelMixin, GridengineSpawner):
     """GridengineSpawner through the broker."""
 
 
-class CondorTunnelSpawner(BrokerTunnelMixin, CondorSpawner):  # type: ignore[misc]
+class CondorTunnelSpawner(BrokerTunnelMixin, CondorSpawner):
     """CondorSpawner through the broker (no condor_ssh_to_job needed)."""
 
 

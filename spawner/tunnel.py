@@ -132,10 +132,10 @@ class BrokerTunnelMixin(ResourceOptionsMixin, ConnectToJobMixin):
     async def create_tunnel(self) -> None:
         if not self.broker_url:
             raise ConfigurationError("batchtunnel: set broker_url (wss://HOST:PORT/agent) in the spawner config")
-        created = await self._broker("create_tunnel", self.user.name,  # type: ignore[attr-defined]
+        created = await self._broker("create_tunnel", self.user.name,
                                      self.tunnel_lifetime or None)
         self.tunnel_id, self._agent_token = created["id"], created["token"]
-        self.log.info("Tunnel %s created for %s", self.tunnel_id, self.user.name)  # type: ignore[attr-defined]
+        self.log.info("Tunnel %s created for %s", self.tunnel_id, self.user.name)
 
     async def delete_tunnel(self) -> None:
         if not self.tunnel_id:
@@ -144,9 +144,9 @@ class BrokerTunnelMixin(ResourceOptionsMixin, ConnectToJobMixin):
             await self._broker("delete_tunnel", self.tunnel_id)
         except ApiError as exc:
             if exc.status != 404:
-                self.log.warning("Could not delete tunnel %s: %s", self.tunnel_id, exc)  # type: ignore[attr-defined]
+                self.log.warning("Could not delete tunnel %s: %s", self.tunnel_id, exc)
                 return
-        self.log.info("Tunnel %s deleted", self.tunnel_id)  # type: ignore[attr-defined]
+        self.log.info("Tunnel %s deleted", self.tunnel_id)
         self.tunnel_id = ""
 
     # -- the job
@@ -156,23 +156,23 @@ class BrokerTunnelMixin(ResourceOptionsMixin, ConnectToJobMixin):
         self.validated_options()  # refuse bad options before anything is created
         await self.create_tunnel()
         try:
-            subvars = self.get_req_subvars()  # type: ignore[attr-defined]
-            cmd = " ".join((format_template(self.exec_prefix, **subvars),  # type: ignore[attr-defined]
-                            format_template(self.batch_submit_cmd, **subvars)))  # type: ignore[attr-defined]
+            subvars = self.get_req_subvars()
+            cmd = " ".join((format_template(self.exec_prefix, **subvars),
+                            format_template(self.batch_submit_cmd, **subvars)))
             subvars["cmd"] = self.cmd_formatted_for_batch()
             subvars.update(self.validated_options())
-            script = await self._get_batch_script(**subvars)  # type: ignore[attr-defined]
-            self.log.info("Submitting job for %s: %s", self.user.name, cmd)  # type: ignore[attr-defined]
-            self.log.debug("Batch script:\n%s", script)  # type: ignore[attr-defined]
-            out = await self.run_command(cmd, input=script, env=self.get_env())  # type: ignore[attr-defined]
-            self.job_id = self._submitted_job = self.parse_job_id(out)  # type: ignore[attr-defined]
+            script = await self._get_batch_script(**subvars)
+            self.log.info("Submitting job for %s: %s", self.user.name, cmd)
+            self.log.debug("Batch script:\n%s", script)
+            out = await self.run_command(cmd, input=script, env=self.get_env())
+            self.job_id = self._submitted_job = self.parse_job_id(out)
         except BaseException:
             await self.delete_tunnel()
             raise
         finally:
             self._agent_token = ""
-        self.log.info("Job %s submitted for %s", self.job_id, self.user.name)  # type: ignore[attr-defined]
-        return str(self.job_id)  # type: ignore[attr-defined]
+        self.log.info("Job %s submitted for %s", self.job_id, self.user.name)
+        return str(self.job_id)
 
     async def start(self) -> Any:
         """As batchspawner's, but a job that ends before its notebook starts fails the spawn with the
@@ -183,7 +183,7 @@ class BrokerTunnelMixin(ResourceOptionsMixin, ConnectToJobMixin):
         starting = asyncio.ensure_future(super().start())  # owned here: awaited or cancelled below
         try:
             while True:
-                done, _ = await asyncio.wait({starting}, timeout=max(1.0, self.startup_poll_interval))  # type: ignore[attr-defined]
+                done, _ = await asyncio.wait({starting}, timeout=max(1.0, self.startup_poll_interval))
                 if done:
                     return starting.result()
                 if self._submitted_job and await self._job_gone():
@@ -208,7 +208,7 @@ class BrokerTunnelMixin(ResourceOptionsMixin, ConnectToJobMixin):
         """True once the submitted job is neither pending nor running (nor unknown to a busy scheduler)."""
         if not getattr(self, "job_id", ""):
             return False
-        status = await self.query_job_status()  # type: ignore[attr-defined]
+        status = await self.query_job_status()
         return status is JobStatus.NOTFOUND
 
     async def job_end_reason(self, job_id: str) -> str:
@@ -216,7 +216,7 @@ class BrokerTunnelMixin(ResourceOptionsMixin, ConnectToJobMixin):
         return ""
 
     def get_env(self) -> dict[str, str]:
-        env: dict[str, str] = super().get_env()  # type: ignore[misc]
+        env: dict[str, str] = super().get_env()
         service_url = env.get("JUPYTERHUB_SERVICE_URL")
         if service_url:  # batchspawner resets ip to 0.0.0.0; bind the notebook to loopback instead
             parts = urlsplit(service_url)
@@ -233,7 +233,7 @@ class BrokerTunnelMixin(ResourceOptionsMixin, ConnectToJobMixin):
         return env
 
     def cmd_formatted_for_batch(self) -> str:
-        inner: str = super().cmd_formatted_for_batch()  # type: ignore[misc]
+        inner: str = super().cmd_formatted_for_batch()
         agent = list(self.agent_cmd) + (["--hub-api-via-tunnel"] if self.hub_api_via_tunnel else [])
         return f"{shlex.join(agent)} -- {inner}"
 
@@ -279,14 +279,14 @@ class BrokerTunnelMixin(ResourceOptionsMixin, ConnectToJobMixin):
     async def progress_message(self) -> str:
         if not getattr(self, "job_id", ""):
             return "Submitting the batch job..."
-        if self.state_ispending():  # type: ignore[attr-defined]
+        if self.state_ispending():
             reason = self.pending_reason()
-            return f"Job {self.job_id} queued" + (f": {reason}" if reason else "")  # type: ignore[attr-defined]
-        if self.state_isrunning():  # type: ignore[attr-defined]
-            host = self.state_gethost()  # type: ignore[attr-defined]
+            return f"Job {self.job_id} queued" + (f": {reason}" if reason else "")
+        if self.state_isrunning():
+            host = self.state_gethost()
             if await self.agent_connected():
-                return f"Job {self.job_id} running on {host}; tunnel up, waiting for the notebook"  # type: ignore[attr-defined]
-            return f"Job {self.job_id} running on {host}; waiting for its agent to connect"  # type: ignore[attr-defined]
+                return f"Job {self.job_id} running on {host}; tunnel up, waiting for the notebook"
+            return f"Job {self.job_id} running on {host}; waiting for its agent to connect"
         return ""
 
     def pending_reason(self) -> str:
