@@ -53,18 +53,22 @@ def request(port: int, line: str) -> socket.socket:
     return s
 
 
-def download(port: int, size: int, check: bool = False) -> float:
-    """Seconds to receive ``size`` bytes from ``source``; with ``check``, each compared with what was sent."""
+def download(port: int, size: int, check: bool = False, seed: int = SEED,
+             progress: Callable[[int], None] | None = None) -> float:
+    """Seconds to receive ``size`` bytes from ``source``; with ``check``, each compared with what was sent
+    (``block(seed)``); ``progress(n)`` after each receive, for callers that count bytes as they come."""
     buf = bytearray(MIB)
-    expected = memoryview(block(SEED) * 2) if check else None  # a chunk starting anywhere ends within two
+    expected = memoryview(block(seed) * 2) if check else None  # a chunk starting anywhere ends within two
     start = time.perf_counter()
-    s = request(port, f"source {size} {SEED}")
+    s = request(port, f"source {size} {seed}")
     got = 0
     while n := s.recv_into(buf):
         # buf[:n] copies but compares with memcmp; memoryview against memoryview goes item by item, ~50x slower
         if expected is not None and buf[:n] != expected[got % MIB:got % MIB + n]:
             raise RuntimeError(f"corrupt data at byte {got}")
         got += n
+        if progress is not None:
+            progress(n)
     s.close()
     if got != size:
         raise RuntimeError(f"received {got} of {size} bytes")
@@ -89,12 +93,14 @@ def agent_argv(pki: Path, port: int, *extra: str) -> list[str]:
     return [BT, "agent", "--url", f"wss://localhost:{port}/agent", "--cafile", str(pki / "ca.pem"), *extra]
 
 
-def start_idle_agents(procs: ProcessGroup, url: str, ca: str, tokens: list[str], shipped: bool = False) -> Proc:
-    """bench/idle_agents.py holding one idle agent per token."""
-    path = procs.log_dir / "idle-agents.tokens"
+def start_idle_agents(procs: ProcessGroup, url: str, ca: str, tokens: list[str], shipped: bool = False,
+                      name: str = "idle-agents") -> Proc:
+    """bench/idle_agents.py holding one agent per token (idle unless its tunnel is used); ``name`` tells
+    several such processes' logs and token files apart."""
+    path = procs.log_dir / f"{name}.tokens"
     path.write_text("\n".join(tokens))
-    return procs.start("idle-agents", [PY, "-m", "bench.idle_agents", url, ca, str(path),
-                                       *(["shipped"] if shipped else [])], cwd=ROOT)
+    return procs.start(name, [PY, "-m", "bench.idle_agents", url, ca, str(path),
+                              *(["shipped"] if shipped else [])], cwd=ROOT)
 
 
 def wait_agent(client: BrokerClient, tunnel_id: str, timeout: float = 20) -> None:
@@ -134,13 +140,18 @@ def results_table(runs: list[dict[str, float]], what: str, columns: list[tuple[s
     ``median (min-max)`` cells, one per (header, key, format) in ``columns``."""
     cells = [median_cell(runs, key, fmt) for _, key, fmt in columns]
     return "\n".join([
-        f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, {os.cpu_count()} CPUs; "
-        f"{len(runs)} {what}, median (min-max).",
+        run_line(f"{len(runs)} {what}, median (min-max)."),
         "",
         "| " + " | ".join(header for header, _, _ in columns) + " |",
         "|" + "---|" * len(columns),
         "| " + " | ".join(cells) + " |",
     ])
+
+
+def run_line(what: str) -> str:
+    """The line that opens a figure in docs/benchmarks.md: when, where, then ``what``."""
+    return (f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, "
+            f"{os.cpu_count()} CPUs; {what}")
 
 
 def write_docs(table: str, section: str = "results") -> None:
