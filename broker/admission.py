@@ -53,6 +53,7 @@ class Admission:
         self.pending = 0
         self.share = max(1, max_pending // 2)
         self.unshared = unshared  # addresses held to no share: trusted reverse proxies, the agents' relay
+        self.admitted_total = 0
         self.refused_pending_total = 0
         self.refused_share_total = 0
         self.refused_blocked_total = 0
@@ -73,6 +74,7 @@ class Admission:
             return False
         self._pending_by_address[address] = held + 1
         self.pending += 1
+        self.admitted_total += 1
         return True
 
     def done(self, address: str) -> None:

@@ -72,6 +72,10 @@ class AgentEndpoint:
         self.sessions: set[TunnelSession] = set()
         self._tasks = TaskOwner("agent endpoint")
 
+    def activity(self) -> int:
+        """A count that grows with every byte the sessions carry and every connection admitted."""
+        return sum(s.bytes_in + s.bytes_out for s in self.sessions) + self.admission.admitted_total
+
     def new_link(self, on_handshake_end: Callable[[], None]) -> WebSocketLink:
         """The WebSocket side of one accepted connection (see ``acceptor.AgentListener``)."""
         return WebSocketLink.server(self._on_request, self.handshake_timeout, on_handshake_end)

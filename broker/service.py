@@ -124,6 +124,7 @@ class Broker:
             log.warning("the admin API listens on %s, not on loopback: anyone who can reach it may try the "
                         "admin token", self.config.api_host)
         self.api_port = await self._api_listener.open(self.config.api_host, self.config.api_port)
+        self.endpoint.trimmer.watch(self.endpoint.activity)  # traffic's garbage (see broker/memory.py)
         await self._restore_exposures()
         scheme = "wss" if ssl_context else "ws"
         log.info("broker ready: agents %s://%s:%d/agent, API %s", scheme,
@@ -185,6 +186,10 @@ class Broker:
             "# TYPE batchtunnel_agent_bytes_total counter",
             f'batchtunnel_agent_bytes_total{{direction="in"}} {sum(s.bytes_in for s in sessions)}',
             f'batchtunnel_agent_bytes_total{{direction="out"}} {sum(s.bytes_out for s in sessions)}',
+            "# HELP batchtunnel_memory_trims_total Times the broker gave freed heap memory back to the "
+            "operating system (malloc_trim, see broker/memory.py).",
+            "# TYPE batchtunnel_memory_trims_total counter",
+            f"batchtunnel_memory_trims_total {self.endpoint.trimmer.trims}",
             "# HELP batchtunnel_agent_sessions Agent sessions open, authenticated, in the handshake or ending.",
             "# TYPE batchtunnel_agent_sessions gauge",
             f"batchtunnel_agent_sessions {len(self.endpoint.sessions)}",
