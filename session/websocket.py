@@ -86,6 +86,8 @@ class WebSocketLink(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._writable = True
         self._pong_owed: bytes | None = None  # the latest PING's payload, while we cannot write
+        self._paused_by_receiver = False  # pause_reading(): the session's answers wait to be written
+        self._paused_for_pong = False  # a PONG is owed and cannot be written: no more PINGs are read
         self._handshake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._lost = False
         self._timer: asyncio.TimerHandle | None = None
@@ -146,11 +148,20 @@ class WebSocketLink(asyncio.Protocol):
 
     def pause_reading(self) -> None:
         """Stop reading the socket (the session's answers to the peer wait to be written)."""
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.pause_reading()
+        self._paused_by_receiver = True
+        self._set_reading()
 
     def resume_reading(self) -> None:
-        if self._transport is not None and not self._transport.is_closing():
+        self._paused_by_receiver = False
+        self._set_reading()
+
+    def _set_reading(self) -> None:
+        """Read the socket unless the session or an unwritable PONG says not to."""
+        if self._transport is None or self._transport.is_closing():
+            return
+        if self._paused_by_receiver or self._paused_for_pong:
+            self._transport.pause_reading()
+        else:
             self._transport.resume_reading()
 
     def abort(self) -> None:
@@ -213,6 +224,9 @@ class WebSocketLink(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._writable = True
         self._send_pong()
+        if self._paused_for_pong:
+            self._paused_for_pong = False
+            self._set_reading()
         if self._receiver is not None:
             self._receiver.writing_resumed()
 
@@ -331,9 +345,14 @@ class WebSocketLink(asyncio.Protocol):
         assert self._transport is not None
         if frame.opcode is Opcode.PING:
             # Answered while we can write; otherwise only the latest is remembered (RFC 6455 5.5.3
-            # allows it), so a peer that pings without reading makes us hold one payload, not more.
+            # allows it), so a peer that pings without reading makes us hold one payload, not more,
+            # and the socket is not read until the answer can be written: parsing PINGs whose answers
+            # nobody reads cost a broker a core (bench/soak.py: 48 MiB of them per 3 s attack).
             self._pong_owed = frame.payload
             self._send_pong()
+            if self._pong_owed is not None and not self._paused_for_pong:
+                self._paused_for_pong = True
+                self._set_reading()
         elif frame.opcode is Opcode.CLOSE:
             if self.phase is Phase.OPEN:  # echo it, then the TCP connection ends
                 echo = frame.code if frame.code != CloseCode.NO_STATUS else CloseCode.NORMAL
