@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 def run(main: Callable[[asyncio.Event], Coroutine[Any, Any, T]], loop_kind: str = "auto") -> T:
@@ -22,8 +25,13 @@ def run(main: Callable[[asyncio.Event], Coroutine[Any, Any, T]], loop_kind: str 
         except ImportError:
             if loop_kind == "uvloop":
                 raise
+            log.warning("event loop: asyncio, because uvloop is not installed (pip install 'batchtunnel[fast]'); "
+                        "asyncio's TLS costs each idle connection several times the memory (docs/benchmarks.md)")
         else:
+            log.info("event loop: uvloop %s", getattr(uvloop, "__version__", "?"))
             return uvloop.run(_with_signals(main))
+    else:
+        log.info("event loop: asyncio (--event-loop asyncio)")
     return asyncio.run(_with_signals(main))
 
 

@@ -29,6 +29,9 @@ COMMANDS: list[ModuleType] = [cmd_broker, cmd_agent, cmd_connect, cmd_tunnels, c
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
+# A module an optional part needs -> the extra that installs it (pyproject.toml).
+EXTRAS = {"aiohttp": "broker", "cryptography": "broker", "uvloop": "fast"}
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -64,6 +67,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         status: int = module.run(values, args)
     except ConfigurationError as exc:
         print(f"batchtunnel {module.NAME}: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        extra = EXTRAS.get((exc.name or "").partition(".")[0])
+        if extra is None:
+            raise
+        print(f"batchtunnel {module.NAME}: error: this needs the '{extra}' extra, which is not installed "
+              f"(no module {exc.name!r}): pip install 'batchtunnel[{extra}]'", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

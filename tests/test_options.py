@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from batchtunnel.cli.event_loop import run as run_loop
 from batchtunnel.cli.main import build_parser, main
 from batchtunnel.cli.options import Option, add_options, load_file, read_secret, resolve
 from batchtunnel.wire import ConfigurationError
+
+from tests.support.processes import BIN
 
 OPTIONS = [
     Option("listen", "address", str, "default:1"),
@@ -91,3 +99,30 @@ def test_defaults_are_converted_like_given_values() -> None:
     assert values["listen"] == ("0.0.0.0", 8765)
     assert values["api_listen"] == ("127.0.0.1", 8766)
     assert values["hub_api"] is None
+
+
+def test_a_missing_extra_is_named_in_one_line(tmp_path: Path) -> None:
+    """A base install (websockets only) asked to run the broker: the extra to install, not a traceback."""
+    shadow = tmp_path / "shadow" / "aiohttp"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'aiohttp'\", name='aiohttp')\n")
+    done = subprocess.run([str(BIN / "batchtunnel"), "broker", "--insecure", "--listen", "127.0.0.1:0"],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(shadow.parent), "BATCHTUNNEL_ADMIN_TOKEN": "x" * 32})
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("batchtunnel broker: error: this needs the 'broker' extra, which is not "
+                                   "installed (no module 'aiohttp'): pip install 'batchtunnel[broker]'")
+
+
+def test_the_event_loop_chosen_is_logged(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def main(stop: asyncio.Event) -> str:
+        return type(asyncio.get_running_loop()).__module__
+
+    with caplog.at_level(logging.INFO):
+        assert run_loop(main).startswith("uvloop")
+    assert "event loop: uvloop" in caplog.text
+    caplog.clear()
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # not installed
+    with caplog.at_level(logging.INFO):
+        assert run_loop(main) == "asyncio.unix_events"
+    assert "event loop: asyncio, because uvloop is not installed (pip install 'batchtunnel[fast]')" in caplog.text
