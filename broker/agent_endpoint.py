@@ -70,6 +70,12 @@ class AgentEndpoint:
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
         self.sessions: set[TunnelSession] = set()
+        # Totals of sessions that ended, so that the metrics' byte counters never go down.
+        self.ended_bytes_in = self.ended_bytes_out = 0
+        # Seconds from an agent's connection accepted to its session attached; from its link lost to
+        # its session resumed (metrics.py's histograms).
+        self.on_handshake: Callable[[float], None] = lambda seconds: None
+        self.on_resume: Callable[[float], None] = lambda seconds: None
         self._tasks = TaskOwner("agent endpoint")
 
     def activity(self) -> int:
@@ -147,6 +153,7 @@ class AgentEndpoint:
         """The agent came back for its session: carry it on over the new link (its old one, if this
         broker had not noticed it die yet, is dropped)."""
         state = "suspended" if session.suspended else "whose old link is presumed dead"
+        lost_since = session.suspended_since
         log.info("tunnel %s: agent from %s resumes its session (%s, %d streams)", tunnel.id, link.peer, state,
                  session.stream_count)
         link.accept_headers.append((SESSION_HEADER, session.session_id))
@@ -154,6 +161,8 @@ class AgentEndpoint:
         tunnel.agent_address = link.peer
         tunnel.connected_since = time.time()
         self.resumes_total += 1
+        if lost_since is not None:
+            self.on_resume(max(0.0, time.time() - lost_since))
         self.trimmer.soon()
 
     async def _serve(self, tunnel: Tunnel, session: TunnelSession, peer: str) -> None:
@@ -172,6 +181,8 @@ class AgentEndpoint:
             if expiry is not None:
                 expiry.cancel()
             self.sessions.discard(session)
+            self.ended_bytes_in += session.bytes_in
+            self.ended_bytes_out += session.bytes_out
             if tunnel.session is session:
                 tunnel.session = None
                 tunnel.disconnected_since = time.time()
@@ -222,6 +233,7 @@ class AgentEndpoint:
             log.info("tunnel %s: agent from %s replaces the one from %s", tunnel.id, peer, old.link.peer)
             old.close(ErrorCode.REPLACED, "another agent connected with this tunnel's credential")
         log.info("tunnel %s: agent connected from %s", tunnel.id, peer)
+        self.on_handshake(time.monotonic() - session.link.created)
         self.trimmer.soon()  # the handshakes' garbage (see broker/memory.py)
 
     async def close_all(self) -> None:

@@ -48,11 +48,11 @@ class Api:
     """
 
     def __init__(self, registry: Registry, admin_token: str, expose_hosts: list[str],
-                 metrics: Callable[[], str], allow_privileged_ports: bool = False) -> None:
+                 metrics: Callable[[str | None], tuple[bytes, str]], allow_privileged_ports: bool = False) -> None:
         self.registry = registry
         self.admin_token = admin_token
         self.expose_hosts = expose_hosts
-        self.metrics_text = metrics
+        self.render_metrics = metrics
         self.allow_privileged_ports = allow_privileged_ports
 
     def app(self) -> web.Application:
@@ -90,7 +90,21 @@ class Api:
         })
 
     async def metrics(self, request: web.Request) -> web.Response:
-        return web.Response(text=self.metrics_text(), content_type="text/plain")
+        body, content_type = self.render_metrics(request.headers.get("Accept"))
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    def metrics_app(self) -> web.Application:
+        """An application serving only GET /metrics (the metrics listener, for a remote Prometheus)."""
+        app = web.Application(middlewares=[self._errors], client_max_size=64 * 1024)
+        app.router.add_get("/metrics", self.metrics)
+        return app
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return _error(exc.status, str(exc))
 
     async def create(self, request: web.Request) -> web.Response:
         body = await _json_body(request)

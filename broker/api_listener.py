@@ -40,11 +40,13 @@ class ApiListener:
         max_connections: connections at once.
         timeout: seconds a connection may live.
         socket_mode: file mode of a unix socket.
+        name: for log lines (the metrics listener is one too).
     """
 
     def __init__(self, app: web.Application, max_connections: int = 64, timeout: float = 10.0,
-                 socket_mode: int = 0o600) -> None:
+                 socket_mode: int = 0o600, name: str = "admin API") -> None:
         self.app = app
+        self.name = name
         self.max_connections = max_connections
         self.timeout = timeout
         self.socket_mode = socket_mode
@@ -54,7 +56,7 @@ class ApiListener:
         self._runner: web.AppRunner | None = None
         self._server: asyncio.AbstractServer | None = None
         self._born: dict[object, float] = {}  # each live connection (aiohttp's handler): when it was first seen
-        self._tasks = TaskOwner("admin API")
+        self._tasks = TaskOwner(name)
         self._logged = -math.inf
         self._path: str | None = None
 
@@ -101,7 +103,7 @@ class ApiListener:
         assert self._runner is not None and self._runner.server is not None
         if len(self._runner.server.connections) >= self.max_connections:
             self.refused_total += 1
-            self._say(f"admin API connection closed: {self.max_connections} are open (--api-max-connections); "
+            self._say(f"{self.name} connection closed: {self.max_connections} are open (--api-max-connections); "
                       f"{self.refused_total} refused so far")
             return RefusingProtocol()
         handler: asyncio.Protocol = self._runner.server()
@@ -121,7 +123,7 @@ class ApiListener:
                 if now - born > self.timeout and transport is not None:
                     self.timed_out_total += 1
                     transport.abort()
-                    self._say(f"admin API connection closed after {self.timeout:.0f} s (--api-timeout); "
+                    self._say(f"{self.name} connection closed after {self.timeout:.0f} s (--api-timeout); "
                               f"{self.timed_out_total} so far")
 
     def _say(self, message: str) -> None:

@@ -7,6 +7,7 @@ import logging
 import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,7 @@ class Tunnel:
     exposures: dict[tuple[str, int], Exposure] = field(default_factory=dict)
     connections_total: int = 0
     deleted: bool = False
+    on_connection_end: Callable[[float], None] | None = None  # seconds a hub-side connection lasted
 
     def refusal(self, session: TunnelSession, now: float) -> ErrorCode | None:
         """Why ``session`` may no longer carry a new stream of this tunnel (None: it may).
@@ -66,7 +68,7 @@ class Tunnel:
             log.warning("tunnel %s: connection to node port %d refused: %s", self.id, rport, describe_code(refusal))
             session.close(refusal, "this session no longer holds the tunnel")
             return RefusingProtocol()
-        return StreamBridge(session, None, rport)
+        return _TimedBridge(session, rport, self.on_connection_end)
 
     def expose(self, host: str, port: int, rport: int) -> Exposure:
         """A new (not yet open) exposure of this tunnel on ``host:port``."""
@@ -105,15 +107,40 @@ class Tunnel:
         }
 
 
+class _TimedBridge(StreamBridge):
+    """A hub-side connection's stream that reports how long the connection lasted."""
+
+    def __init__(self, session: TunnelSession, rport: int, ended: Callable[[float], None] | None) -> None:
+        super().__init__(session, None, rport)
+        self._since = time.monotonic()
+        self._ended = ended
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self._ended is not None:
+            self._ended(time.monotonic() - self._since)
+
+
 class Registry:
     """Tunnels by id, backed by a :class:`Store`."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self.tunnels: dict[str, Tunnel] = {}
+        self.on_connection_end: Callable[[float], None] = lambda seconds: None  # metrics.py's histogram
+        self.deleted_connections_total = 0  # hub-side connections of tunnels deleted since the start
         for record in store.tunnels():
             self.tunnels[record.id] = Tunnel(record.id, record.name, record.token_hash, record.created,
-                                             record.expires, disconnected_since=time.time())
+                                             record.expires, disconnected_since=time.time(),
+                                             on_connection_end=self._connection_ended)
+
+    def _connection_ended(self, seconds: float) -> None:
+        self.on_connection_end(seconds)
+
+    @property
+    def connections_total(self) -> int:
+        """Hub-side connections accepted since the broker started, deleted tunnels' included."""
+        return self.deleted_connections_total + sum(t.connections_total for t in self.tunnels.values())
 
     def create(self, name: str, expires_in: float | None = None) -> tuple[Tunnel, str]:
         """Create a tunnel. Returns it and its agent token, which is never available again.
@@ -127,7 +154,8 @@ class Registry:
         token, token_hash = tokens.new_token(tunnel_id)
         now = time.time()
         expires = now + expires_in if expires_in is not None else None
-        tunnel = Tunnel(tunnel_id, name, token_hash, now, expires, disconnected_since=now)
+        tunnel = Tunnel(tunnel_id, name, token_hash, now, expires, disconnected_since=now,
+                        on_connection_end=self._connection_ended)
         self.store.add_tunnel(TunnelRecord(tunnel_id, name, token_hash, now, expires))
         self.tunnels[tunnel_id] = tunnel
         log.info("tunnel %s created (name %r)", tunnel_id, name)
@@ -163,6 +191,7 @@ class Registry:
         tunnel = self.get(tunnel_id)
         tunnel.deleted = True
         del self.tunnels[tunnel_id]
+        self.deleted_connections_total += tunnel.connections_total
         self.store.delete_tunnel(tunnel_id)
         for exposure in list(tunnel.exposures.values()):
             await exposure.close()

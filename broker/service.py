@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import logging
 import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from ..wire import ConfigurationError, Settings
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+
+from ..wire import ApiError, ConfigurationError, Settings
 from .acceptor import AgentListener
 from .admission import Admission
 from .agent_endpoint import AgentEndpoint
 from .api import Api
 from .api_listener import UNIX_PREFIX, ApiListener
+from .metrics import Metrics
 from .registry import Registry
 from .store import Store
 
@@ -32,6 +37,8 @@ class BrokerConfig:
     api_max_connections: int = 64
     api_timeout: float = 10.0
     api_socket_mode: int = 0o600
+    metrics_host: str = ""  # a listener serving only /metrics (HOST, or unix:PATH); "" for none
+    metrics_port: int = 0
     cert: str | None = None
     key: str | None = None
     insecure: bool = False
@@ -94,15 +101,24 @@ class Broker:
                       config.auth_failure_window, frozenset(config.trusted_proxies)),
             frozenset(config.trusted_proxies), config.resume_grace,
         )
-        self.api = Api(self.registry, config.admin_token, config.expose_hosts, self.metrics_text,
+        self.api = Api(self.registry, config.admin_token, config.expose_hosts, self.render_metrics,
                        config.allow_privileged_ports)
         self._api_listener = ApiListener(self.api.app(), config.api_max_connections, config.api_timeout,
                                          config.api_socket_mode)
+        self._metrics_listener = (ApiListener(self.api.metrics_app(), config.api_max_connections,
+                                              config.api_timeout, config.api_socket_mode, name="metrics listener")
+                                  if config.metrics_host else None)
+        self.metrics: Metrics | None = None
         self._listener: AgentListener | None = None
         self.agent_port = 0
         self.api_port = 0
+        self.metrics_port = 0
 
     async def start(self) -> None:
+        self.metrics = Metrics(self.live_metrics)
+        self.endpoint.on_handshake = self.metrics.handshake_seconds.observe
+        self.endpoint.on_resume = self.metrics.resume_seconds.observe
+        self.registry.on_connection_end = self.metrics.stream_seconds.observe
         ssl_context = None
         if self.config.cert and self.config.key:
             ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -124,6 +140,9 @@ class Broker:
             log.warning("the admin API listens on %s, not on loopback: anyone who can reach it may try the "
                         "admin token", self.config.api_host)
         self.api_port = await self._api_listener.open(self.config.api_host, self.config.api_port)
+        if self._metrics_listener is not None:
+            self.metrics_port = await self._metrics_listener.open(self.config.metrics_host, self.config.metrics_port)
+            log.info("metrics (only) on %s/metrics", self._metrics_listener.address)
         self.endpoint.trimmer.watch(self.endpoint.activity)  # traffic's garbage (see broker/memory.py)
         await self._restore_exposures()
         scheme = "wss" if ssl_context else "ws"
@@ -151,60 +170,54 @@ class Broker:
             for exposure in tunnel.exposures.values():
                 await exposure.close()
         await self._api_listener.close()
+        if self._metrics_listener is not None:
+            await self._metrics_listener.close()
         self.store.close()
 
-    def metrics_text(self) -> str:
+    def live_metrics(self) -> Iterator[Metric]:
+        """The figures read from the broker's state at each scrape (see metrics.py)."""
         tunnels = list(self.registry.tunnels.values())
         sessions = [t.session for t in tunnels if t.session is not None and t.agent_connected]
         suspended = [t.session for t in tunnels if t.session is not None and t.session.suspended]
-        admission = self.endpoint.admission
-        lines = [
-            "# HELP batchtunnel_tunnels Tunnels known to the broker.",
-            "# TYPE batchtunnel_tunnels gauge",
-            f"batchtunnel_tunnels {len(tunnels)}",
-            "# HELP batchtunnel_agents_connected Tunnels whose agent is connected.",
-            "# TYPE batchtunnel_agents_connected gauge",
-            f"batchtunnel_agents_connected {len(sessions)}",
-            "# HELP batchtunnel_agents_suspended Tunnels whose agent's link was lost and whose streams wait "
-            "for it to come back (resumption).",
-            "# TYPE batchtunnel_agents_suspended gauge",
-            f"batchtunnel_agents_suspended {len(suspended)}",
-            "# HELP batchtunnel_streams_open Streams open across all tunnels (waiting ones included).",
-            "# TYPE batchtunnel_streams_open gauge",
-            f"batchtunnel_streams_open {sum(s.stream_count for s in sessions + suspended)}",
-            "# HELP batchtunnel_resumes_total Sessions carried over to a new agent link, since the broker "
-            "started (sessions still held).",
-            "# TYPE batchtunnel_resumes_total counter",
-            f"batchtunnel_resumes_total {self.endpoint.resumes_total}",
-            "# HELP batchtunnel_replay_bytes Bytes held to send again should an agent's link be lost.",
-            "# TYPE batchtunnel_replay_bytes gauge",
-            f"batchtunnel_replay_bytes {sum(s.conn.replay_bytes for s in sessions + suspended)}",
-            "# HELP batchtunnel_hub_connections_total Hub-side connections accepted.",
-            "# TYPE batchtunnel_hub_connections_total counter",
-            f"batchtunnel_hub_connections_total {sum(t.connections_total for t in tunnels)}",
-            "# HELP batchtunnel_agent_bytes_total Bytes carried by agent sessions now connected.",
-            "# TYPE batchtunnel_agent_bytes_total counter",
-            f'batchtunnel_agent_bytes_total{{direction="in"}} {sum(s.bytes_in for s in sessions)}',
-            f'batchtunnel_agent_bytes_total{{direction="out"}} {sum(s.bytes_out for s in sessions)}',
-            "# HELP batchtunnel_memory_trims_total Times the broker gave freed heap memory back to the "
-            "operating system (malloc_trim, see broker/memory.py).",
-            "# TYPE batchtunnel_memory_trims_total counter",
-            f"batchtunnel_memory_trims_total {self.endpoint.trimmer.trims}",
-            "# HELP batchtunnel_agent_sessions Agent sessions open, authenticated, in the handshake or ending.",
-            "# TYPE batchtunnel_agent_sessions gauge",
-            f"batchtunnel_agent_sessions {len(self.endpoint.sessions)}",
-            "# HELP batchtunnel_unauthenticated_connections Connections waiting to authenticate.",
-            "# TYPE batchtunnel_unauthenticated_connections gauge",
-            f"batchtunnel_unauthenticated_connections {admission.pending}",
-            "# HELP batchtunnel_refused_total Agent connections refused before authentication, by cause.",
-            "# TYPE batchtunnel_refused_total counter",
-            f'batchtunnel_refused_total{{cause="crowd"}} {admission.refused_pending_total}',
-            f'batchtunnel_refused_total{{cause="blocked"}} {admission.refused_blocked_total}',
-            f'batchtunnel_refused_total{{cause="address_share"}} {admission.refused_share_total}',
-            "# HELP batchtunnel_api_connections_closed_total Admin API connections closed by the broker, by "
-            "cause: over --api-max-connections, or open past --api-timeout.",
-            "# TYPE batchtunnel_api_connections_closed_total counter",
-            f'batchtunnel_api_connections_closed_total{{cause="crowd"}} {self._api_listener.refused_total}',
-            f'batchtunnel_api_connections_closed_total{{cause="timeout"}} {self._api_listener.timed_out_total}',
-        ]
-        return "\n".join(lines) + "\n"
+        endpoint, admission = self.endpoint, self.endpoint.admission
+        yield GaugeMetricFamily("batchtunnel_tunnels", "Tunnels known to the broker.", len(tunnels))
+        yield GaugeMetricFamily("batchtunnel_agents_connected", "Tunnels whose agent is connected.", len(sessions))
+        yield GaugeMetricFamily("batchtunnel_agents_suspended", "Tunnels whose agent's link was lost and whose "
+                                "streams wait for it to come back (resumption).", len(suspended))
+        yield GaugeMetricFamily("batchtunnel_streams_open", "Streams open across all tunnels (waiting ones "
+                                "included).", sum(s.stream_count for s in sessions + suspended))
+        yield GaugeMetricFamily("batchtunnel_replay_bytes", "Bytes held to send again should an agent's link be "
+                                "lost.", sum(s.conn.replay_bytes for s in sessions + suspended))
+        yield GaugeMetricFamily("batchtunnel_agent_sessions", "Agent sessions open: authenticated, in the "
+                                "handshake, held for resumption or ending.", len(endpoint.sessions))
+        yield GaugeMetricFamily("batchtunnel_unauthenticated_connections", "Agent connections waiting to "
+                                "authenticate (TLS or WebSocket upgrade in progress).", admission.pending)
+        yield CounterMetricFamily("batchtunnel_resumes", "Sessions carried over to a new agent link.",
+                                  endpoint.resumes_total)
+        yield CounterMetricFamily("batchtunnel_hub_connections", "Hub-side connections accepted (deleted "
+                                  "tunnels' included).", self.registry.connections_total)
+        carried = CounterMetricFamily("batchtunnel_agent_bytes", "Bytes carried by agent sessions, ended ones "
+                                      "included, by direction.", labels=["direction"])
+        carried.add_metric(["in"], endpoint.ended_bytes_in + sum(s.bytes_in for s in endpoint.sessions))
+        carried.add_metric(["out"], endpoint.ended_bytes_out + sum(s.bytes_out for s in endpoint.sessions))
+        yield carried
+        yield CounterMetricFamily("batchtunnel_memory_trims", "Times the broker gave freed heap memory back to "
+                                  "the operating system (malloc_trim, see broker/memory.py).", endpoint.trimmer.trims)
+        refused = CounterMetricFamily("batchtunnel_refused", "Agent connections refused before authentication, "
+                                      "by cause.", labels=["cause"])
+        refused.add_metric(["crowd"], admission.refused_pending_total)
+        refused.add_metric(["blocked"], admission.refused_blocked_total)
+        refused.add_metric(["address_share"], admission.refused_share_total)
+        yield refused
+        closed = CounterMetricFamily("batchtunnel_api_connections_closed", "Admin API (and metrics listener) "
+                                     "connections closed by the broker, by cause: over --api-max-connections, or "
+                                     "open past --api-timeout.", labels=["cause"])
+        listeners = [self._api_listener, *([self._metrics_listener] if self._metrics_listener else [])]
+        closed.add_metric(["crowd"], sum(listener.refused_total for listener in listeners))
+        closed.add_metric(["timeout"], sum(listener.timed_out_total for listener in listeners))
+        yield closed
+
+    def render_metrics(self, accept: str | None) -> tuple[bytes, str]:
+        if self.metrics is None:  # only between construction and start()
+            raise ApiError(503, "the broker is starting")
+        return self.metrics.render(accept)

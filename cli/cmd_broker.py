@@ -36,6 +36,9 @@ OPTIONS = [
     Option("api-max-connections", "admin API connections open at once; more are closed as they arrive",
            int, 64),
     Option("api-timeout", "seconds an admin API connection may stay open, slow or idle", positive, 10.0),
+    Option("metrics-listen", "also serve /metrics, and nothing else, on HOST:PORT (or unix:PATH): for a "
+           "Prometheus that must not reach the admin API; same connection bounds as the API", api_address,
+           metavar="HOST:PORT|unix:PATH"),
     Option("cert", "PEM certificate (chain) for the agent endpoint's TLS", metavar="FILE"),
     Option("key", "PEM private key for --cert", metavar="FILE"),
     Option("insecure", "accept agents over plain ws:// without TLS (testing only)", flag=True),
@@ -101,6 +104,7 @@ def run(values: dict[str, Any], args: argparse.Namespace) -> int:
         cert=values["cert"], key=values["key"], insecure=bool(values["insecure"]),
         api_max_connections=values["api_max_connections"], api_timeout=values["api_timeout"],
         api_socket_mode=values["api_socket_mode"],
+        metrics_host=(values["metrics_listen"] or ("", 0))[0], metrics_port=(values["metrics_listen"] or ("", 0))[1],
         database=values["database"], expose_hosts=values["expose_host"],
         allow_privileged_ports=bool(values["allow_privileged_ports"]),
         handshake_timeout=values["handshake_timeout"],

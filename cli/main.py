@@ -30,7 +30,7 @@ COMMANDS: list[ModuleType] = [cmd_broker, cmd_agent, cmd_connect, cmd_tunnels, c
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 # A module an optional part needs -> the extra that installs it (pyproject.toml).
-EXTRAS = {"aiohttp": "broker", "cryptography": "broker", "uvloop": "fast"}
+EXTRAS = {"aiohttp": "broker", "cryptography": "broker", "prometheus_client": "broker", "uvloop": "fast"}
 
 
 def build_parser() -> argparse.ArgumentParser:

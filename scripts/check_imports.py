@@ -15,7 +15,7 @@ and the third-party packages THIRD_PARTY names for it):
     session   asyncio glue over websockets
     client    the hub side's client of the broker: the standard library only
     certs     cryptography
-    broker    the server (aiohttp)        agent   inside the batch job: no aiohttp, no JupyterHub
+    broker    the server (aiohttp, prometheus_client)  agent   inside the batch job: no aiohttp, no JupyterHub
                                           (certs/fingerprint.py only, of certs: no cryptography)
     spawner   JupyterHub                  cli     the command: may reach every part (lazily)
 
@@ -48,7 +48,7 @@ THIRD_PARTY: dict[str, set[str]] = {
     "session": {"websockets"},
     "client": set(),
     "certs": {"cryptography"},
-    "broker": {"aiohttp", "websockets"},
+    "broker": {"aiohttp", "prometheus_client", "websockets"},
     "agent": {"websockets"},
     "spawner": {"batchspawner", "jupyterhub", "traitlets", "tornado", "jinja2"},
     "cli": {"cryptography", "uvloop", "tomli"},

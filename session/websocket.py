@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import time
 from collections.abc import Callable
 from typing import Protocol, cast
 
@@ -85,6 +86,7 @@ class WebSocketLink(asyncio.Protocol):
         self._handshake_timeout = handshake_timeout
         self._transport: asyncio.Transport | None = None
         self._writable = True
+        self.created = time.monotonic()  # for a server link: when the connection was accepted
         self._pong_owed: bytes | None = None  # the latest PING's payload, while we cannot write
         self._paused_by_receiver = False  # pause_reading(): the session's answers wait to be written
         self._paused_for_pong = False  # a PONG is owed and cannot be written: no more PINGs are read
