@@ -143,6 +143,9 @@ class Attacker:
 
     async def keep(self, cls: str, episode: Callable[[int], Awaitable[str]], pause: float) -> None:
         """Mount ``episode`` again and again, ``pause`` s apart."""
+        task = asyncio.current_task()
+        if task is not None:
+            task.set_name(cls)  # named in the report if it ever ignores its cancellation
         n = 0
         while True:
             self.mounted[cls] += 1
@@ -364,9 +367,15 @@ class Attacker:
         await asyncio.sleep(p.seconds)
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        return {"mounted": self.mounted, "outcomes": self.outcomes, "flooded_mib": self.flooded_mib,
-                "unexpected": self.unexpected, "cpu_s": time.process_time()}
+        _, stuck = await asyncio.wait(tasks, timeout=30)
+        report = {"mounted": self.mounted, "outcomes": self.outcomes, "flooded_mib": self.flooded_mib,
+                  "unexpected": self.unexpected, "cpu_s": time.process_time(),
+                  "stuck": [f"{t.get_name()}: " + " < ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in t.get_stack())
+                            for t in stuck][:10]}
+        Path(p.out).write_text(json.dumps(report))  # noqa: ASYNC240 (the attack is over; a small file)
+        if stuck:  # an attack that ignores its cancellation: reported, and the process ends regardless
+            os._exit(0)
+        return report
 
 
 OPEN_FLOOD = b"".join(open_frame(2 * i, 1) for i in range(1, OPENS + 1))
@@ -403,7 +412,7 @@ def attack_main(plan_path: str) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
     plan = Plan(**json.loads(Path(plan_path).read_text()))
-    Path(plan.out).write_text(json.dumps(asyncio.run(Attacker(plan).run())))
+    asyncio.run(Attacker(plan).run())  # writes its report to plan.out
 
 
 # ---------------------------------------------------------------- the soak
@@ -626,6 +635,7 @@ class Soak:
         for cls, mib in report["flooded_mib"].items():
             self.flooded_mib[cls] += mib
         self.unexpected += report["unexpected"]
+        self.notes += [f"attack {number}: a task ignored its cancellation: {line}" for line in report["stuck"]]
         self.attack_cpu += report["cpu_s"]
 
     def check_broker(self) -> None:
