@@ -117,11 +117,11 @@ class Agent:
             return RefusingProtocol()
         return StreamBridge(session, None, SERVICE_HUB_API)
 
-    def _ssl(self) -> ssl.SSLContext | None:
+    def tls_context(self) -> ssl.SSLContext | None:
         if urlsplit(self.config.url).scheme != "wss":
             return None
         if self._pins and not (self.config.cafile or self.config.cadata):
-            # Pinned only: the certificate's fingerprint is the whole check (_verify_pin), not a CA.
+            # Pinned only: the certificate's fingerprint is the whole check (verify_pin), not a CA.
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
@@ -130,9 +130,10 @@ class Agent:
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         return ctx
 
-    def _verify_pin(self, transport: asyncio.BaseTransport) -> str | None:
+    def verify_pin(self, transport: asyncio.BaseTransport) -> str | None:
         """With --fingerprint: the broker's certificate must be one of the pinned ones. Runs after the
-        TLS handshake and before the upgrade request, which carries the token, is sent."""
+        TLS handshake and before the upgrade request, which carries the token, is sent. Returns what is
+        wrong, or None."""
         if not self._pins:
             return None
         ssl_object = transport.get_extra_info("ssl_object")
@@ -148,7 +149,7 @@ class Agent:
         """Connect, serve, reconnect with backoff and jitter; returns only after ``stop()``."""
         rng = random.Random()
         delays = backoff_delays(self.config.backoff_initial, self.config.backoff_max, rng)
-        ssl_context = self._ssl()
+        ssl_context = self.tls_context()
         try:
             while not self._stopping:
                 self._retry_after = 0.0
@@ -188,7 +189,7 @@ class Agent:
         }
         if held is not None:
             headers[SESSION_HEADER] = held.session_id
-        link = WebSocketLink.client(self.config.url, headers, self._verify_pin)
+        link = WebSocketLink.client(self.config.url, headers, self.verify_pin)
         loop = asyncio.get_running_loop()
         try:
             await asyncio.wait_for(

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from websockets.http11 import Request
 
 from ..session import (
+    CHECK_HEADER,
     SESSION_HEADER,
     Refusal,
     StreamBridge,
@@ -121,6 +122,10 @@ class AgentEndpoint:
             tunnel = self.registry.authenticate(token.strip())
         except AuthenticationError as exc:
             return self._failed(link, address, now, 401, str(exc))
+        if request.headers.get(CHECK_HEADER):  # `batchtunnel agent --check`: the credential only, no session
+            log.info("tunnel %s: credential checked by an agent from %s (--check)", tunnel.id, link.peer)
+            state = "its agent is connected" if tunnel.agent_connected else "no agent connected"
+            return Refusal(200, f"the broker accepts the token of tunnel {tunnel.id} ({state})\n")
         wanted_id = (wanted or [""])[0]
         current = tunnel.session
         if wanted_id and current is not None:

@@ -34,6 +34,9 @@ OPTIONS = [
     Option("token-file", "file holding this tunnel's token (alternative to BATCHTUNNEL_TOKEN)", metavar="FILE"),
     Option("cafile", "PEM CA bundle to verify the broker's certificate (default: system CAs)", metavar="FILE"),
     Option("insecure", "allow a plain ws:// URL (testing only)", flag=True),
+    Option("check", "check DNS, TCP, TLS (CA or pin) and the token against the broker with these options, print "
+           "one line saying what is wrong (or ok), exit 0 if all is well; a running agent is not disturbed",
+           flag=True),
     Option("fingerprint", "pin the broker's certificate: sha256:AB:CD:... as `batchtunnel certs show` prints "
            "it for broker.pem (repeatable, e.g. old and new during a renewal); without --cafile the pin "
            "replaces CA verification", str, [], multiple=True, metavar="SHA256"),
@@ -80,6 +83,15 @@ def run(values: dict[str, Any], args: argparse.Namespace) -> int:
     command = list(args.command)
     if command and command[0] == "--":
         command = command[1:]
+    if values["check"]:
+        from ..agent.check import check
+
+        async def checking(stop: asyncio.Event) -> int:
+            result = await check(config)
+            print(result.line)
+            return 0 if result.ok else 1
+
+        return run_loop(checking, "asyncio")
 
     async def main(stop: asyncio.Event) -> int:
         agent = Agent(config)

@@ -14,12 +14,12 @@ The broker and the agent differ only in who opens streams.
 """
 
 from .bridge import RefusingProtocol, StreamBridge, serve_local
-from .handshake import SESSION_HEADER, Refusal
+from .handshake import CHECK_HEADER, SESSION_HEADER, Refusal
 from .session import TunnelSession
 from .tasks import TaskOwner
 from .websocket import WebSocketLink
 
 __all__ = [
-    "SESSION_HEADER", "Refusal", "RefusingProtocol", "StreamBridge", "TaskOwner", "TunnelSession",
+    "CHECK_HEADER", "SESSION_HEADER", "Refusal", "RefusingProtocol", "StreamBridge", "TaskOwner", "TunnelSession",
     "WebSocketLink", "serve_local",
 ]

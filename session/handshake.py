@@ -26,6 +26,9 @@ from ..wire import HandshakeRejected
 SESSION_HEADER = "Batchtunnel-Session"
 """Names a session in the upgrade: the broker's 101 answer says which one the agent is in; an agent's
 request names the one it wants to resume (docs/protocol.md §8)."""
+CHECK_HEADER = "Batchtunnel-Check"
+"""An upgrade request with this header asks the broker to check the credential and answer 200 (or
+its refusal) without starting a session: ``batchtunnel agent --check``."""
 
 MAX_HEAD = 16 * 1024
 """Largest HTTP head accepted during the opening handshake."""
