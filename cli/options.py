@@ -55,6 +55,8 @@ def add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> N
     """Add each option as a flag whose default is 'not given', so precedence can be resolved later."""
     for opt in options:
         shown = "off" if opt.flag and not opt.default else opt.default
+        if opt.type is file_mode and isinstance(opt.default, int):
+            shown = f"{opt.default:o}"  # 600, not 384
         if opt.multiple and not opt.default:
             shown = "none"
         help_text = f"{opt.help} [env {opt.env}; default: {shown}]"

@@ -76,6 +76,9 @@ def test_every_option_has_help() -> None:
     for name, sub in parser._subparsers._group_actions[0].choices.items():  # type: ignore[union-attr]
         for action in sub._actions:
             assert action.help, f"{name} {action.option_strings} has no help"
+    broker = parser._subparsers._group_actions[0].choices["broker"]  # type: ignore[union-attr]
+    (mode,) = [a for a in broker._actions if "--api-socket-mode" in a.option_strings]
+    assert mode.help is not None and mode.help.endswith("default: 600]")  # a file mode shown in octal
 
 
 def test_cli_reports_configuration_errors(
