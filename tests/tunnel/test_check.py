@@ -26,7 +26,8 @@ def test_a_good_setup_says_ok_and_leaves_the_running_agent_alone(broker: BrokerP
     broker.start_agent(tunnel["token"], tunnel_id=tunnel["id"])
     since = broker.tunnel(tunnel["id"])["agent"]["connected_since"]
     status, line = check(broker.agent_url, tunnel["token"], "--cafile", broker.pki.ca)
-    assert status == 0 and line.startswith("ok: ") and f"token of tunnel {tunnel['id']} (its agent is connected)" in line
+    assert status == 0 and line.startswith("ok: ")
+    assert f"token of tunnel {tunnel['id']} (its agent is connected)" in line
     assert broker.tunnel(tunnel["id"])["agent"]["connected_since"] == since  # not replaced
     assert broker.metrics()["batchtunnel_agent_sessions"] == 1
 
