@@ -15,7 +15,10 @@ Registered under the ``jupyterhub.spawners`` entry point, so
 
 from __future__ import annotations
 
+import os
+import pwd
 import re
+import stat
 from typing import Any
 
 from batchspawner import CondorSpawner, GridengineSpawner, LsfSpawner, PBSSpawner, SlurmSpawner, TorqueSpawner
@@ -53,7 +56,7 @@ class SlurmTunnelSpawner(BrokerTunnelMixin, SlurmSpawner):
             return ""
         fields = dict(re.findall(r"(\w+)=(\S*)", out))
         reason = f"{fields.get('JobState', '?')} ({fields.get('Reason', '?')}), exit code {fields.get('ExitCode', '?')}"
-        output = _tail(fields.get("StdOut", ""))
+        output = _tail(fields.get("StdOut", ""), _uid(self.user.name))
         return f"{reason}; its output ends: {output}" if output else reason
 
 
@@ -93,13 +96,27 @@ __all__ = [
 ]
 
 
-def _tail(path: str, lines: int = 3) -> str:
-    """The last lines of a job's output file, joined; "" if unreadable."""
+def _tail(path: str, owner: int | None, lines: int = 3) -> str:
+    """The last lines of a job's output file, joined; "" if unreadable, or not a regular file that the
+    job's user owns. The hub often runs as root and the file is in the user's directory: a user who
+    made it a link to /etc/shadow, or a hard link to a file of root's, must see nothing of it."""
+    if owner is None or not path:
+        return ""
     try:
-        with open(path, "rb") as file:
-            file.seek(0, 2)
-            file.seek(max(0, file.tell() - 4096))
-            text = file.read().decode("utf-8", "replace")
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return ""
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != owner:
+            return ""
+        file.seek(max(0, info.st_size - 4096))
+        text = file.read(4096).decode("utf-8", "replace")
     return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])[:500]
+
+
+def _uid(user: str) -> int | None:
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        return None
