@@ -29,6 +29,7 @@ from ..session import RefusingProtocol, TaskOwner
 log = logging.getLogger(__name__)
 
 UNIX_PREFIX = "unix:"
+ACCESS_LOG = logging.getLogger("batchtunnel.broker.access")
 LOG_INTERVAL = 10.0
 """Seconds between two log lines about refused or timed-out API connections."""
 
@@ -41,12 +42,14 @@ class ApiListener:
         timeout: seconds a connection may live.
         socket_mode: file mode of a unix socket.
         name: for log lines (the metrics listener is one too).
+        access_log: log each request to ``batchtunnel.broker.access`` (--api-access-log).
     """
 
     def __init__(self, app: web.Application, max_connections: int = 64, timeout: float = 10.0,
-                 socket_mode: int = 0o600, name: str = "admin API") -> None:
+                 socket_mode: int = 0o600, name: str = "admin API", access_log: bool = False) -> None:
         self.app = app
         self.name = name
+        self.access_log = access_log
         self.max_connections = max_connections
         self.timeout = timeout
         self.socket_mode = socket_mode
@@ -67,7 +70,11 @@ class ApiListener:
         Raises:
             OSError: the address cannot be bound.
         """
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+        # One line per request: the client, the request line (paths never hold a secret: tokens travel in
+        # the Authorization header, which is not logged), the status, the size, the seconds.
+        self._runner = web.AppRunner(self.app, access_log=ACCESS_LOG if self.access_log else None,
+                                     access_log_format='%a "%r" %s %b %Tf', handle_signals=False,
+                                     shutdown_timeout=2.0)
         await self._runner.setup()
         if host.startswith(UNIX_PREFIX):
             sock = self._unix_socket(host[len(UNIX_PREFIX):])

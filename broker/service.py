@@ -37,6 +37,7 @@ class BrokerConfig:
     api_max_connections: int = 64
     api_timeout: float = 10.0
     api_socket_mode: int = 0o600
+    api_access_log: bool = False
     metrics_host: str = ""  # a listener serving only /metrics (HOST, or unix:PATH); "" for none
     metrics_port: int = 0
     cert: str | None = None
@@ -104,7 +105,7 @@ class Broker:
         self.api = Api(self.registry, config.admin_token, config.expose_hosts, self.render_metrics,
                        config.allow_privileged_ports)
         self._api_listener = ApiListener(self.api.app(), config.api_max_connections, config.api_timeout,
-                                         config.api_socket_mode)
+                                         config.api_socket_mode, access_log=config.api_access_log)
         self._metrics_listener = (ApiListener(self.api.metrics_app(), config.api_max_connections,
                                               config.api_timeout, config.api_socket_mode, name="metrics listener")
                                   if config.metrics_host else None)

@@ -36,6 +36,8 @@ OPTIONS = [
     Option("api-max-connections", "admin API connections open at once; more are closed as they arrive",
            int, 64),
     Option("api-timeout", "seconds an admin API connection may stay open, slow or idle", positive, 10.0),
+    Option("api-access-log", "log one line per admin API request (client, request line, status, size, seconds; "
+           "never a header, so never a token)", flag=True),
     Option("metrics-listen", "also serve /metrics, and nothing else, on HOST:PORT (or unix:PATH): for a "
            "Prometheus that must not reach the admin API; same connection bounds as the API", api_address,
            metavar="HOST:PORT|unix:PATH"),
@@ -103,7 +105,7 @@ def run(values: dict[str, Any], args: argparse.Namespace) -> int:
         listen_host=listen_host, listen_port=listen_port, api_host=api_host, api_port=api_port,
         cert=values["cert"], key=values["key"], insecure=bool(values["insecure"]),
         api_max_connections=values["api_max_connections"], api_timeout=values["api_timeout"],
-        api_socket_mode=values["api_socket_mode"],
+        api_socket_mode=values["api_socket_mode"], api_access_log=bool(values["api_access_log"]),
         metrics_host=(values["metrics_listen"] or ("", 0))[0], metrics_port=(values["metrics_listen"] or ("", 0))[1],
         database=values["database"], expose_hosts=values["expose_host"],
         allow_privileged_ports=bool(values["allow_privileged_ports"]),

@@ -14,6 +14,8 @@ over the environment, which wins over the file.
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import logging
 import os
 import sys
@@ -33,6 +35,23 @@ LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 EXTRAS = {"aiohttp": "broker", "cryptography": "broker", "prometheus_client": "broker", "uvloop": "fast"}
 
 
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: ``time`` (ISO 8601, UTC), ``level``, ``logger``, ``message``, and
+    ``exception`` when there is one. The messages are the text ones: they never hold a token."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc).isoformat(
+                timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="batchtunnel",
@@ -47,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--config", metavar="FILE", default=os.environ.get("BATCHTUNNEL_CONFIG"),
                        help=f"TOML config file; section [{module.NAME}] [env BATCHTUNNEL_CONFIG]")
+        p.add_argument("--log-format", default=os.environ.get("BATCHTUNNEL_LOG_FORMAT", "text"),
+                       choices=["text", "json"],
+                       help="text, or json: one JSON object per line (time, level, logger, message) for a log "
+                            "collector [env BATCHTUNNEL_LOG_FORMAT; default: text]")
         p.add_argument("--log-level", default=os.environ.get("BATCHTUNNEL_LOG_LEVEL", "INFO"),
                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                        help="log verbosity [env BATCHTUNNEL_LOG_LEVEL; default: INFO]")
@@ -60,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, format=LOG_FORMAT, stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if args.log_format == "json" else logging.Formatter(LOG_FORMAT))
+    logging.basicConfig(level=args.log_level, handlers=[handler])
     module: ModuleType = args.module
     try:
         values = resolve(module.OPTIONS, args, module.NAME, load_file(args.config))
