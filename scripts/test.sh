@@ -11,5 +11,7 @@ echo "== imports (no cycle, layers kept)"
 .venv/bin/python scripts/check_imports.py
 echo "== mypy --strict"
 scripts/typecheck.sh
+echo "== docs (Sphinx, warnings as errors)"
+scripts/docs.sh
 echo "== pytest"
 exec .venv/bin/python -m pytest "$@"
