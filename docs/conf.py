@@ -9,7 +9,7 @@ import batchtunnel
 
 project = "batchtunnel"
 author = "the batchtunnel developers"
-copyright = "2026, the batchtunnel developers"  # noqa: A001 (Sphinx's name)
+copyright = "2026, the batchtunnel developers"
 release = version = batchtunnel.__version__
 
 extensions = ["myst_parser", "sphinx.ext.autodoc", "autodoc_traits"]
