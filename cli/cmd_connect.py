@@ -14,14 +14,14 @@ DESCRIPTION = """\
 Ask the broker to expose tunnel ID on HOST:PORT (hub side) towards port RPORT on
 the job's node, print HOST:PORT, then watch the tunnel. Exit status:
 
-  0  stopped by SIGTERM/SIGINT (the exposure is removed)
+  0  stopped by SIGTERM/SIGINT (the exposure is removed, unless --keep-exposure)
   2  the broker refused (unknown tunnel, port taken, wrong admin token)
   3  the tunnel or its exposure was deleted
   4  the broker API was unreachable for longer than --grace
   5  the agent was disconnected for longer than --grace
 
-Example (the spawner's default connect_to_job_cmd):
-  batchtunnel connect --tunnel {tunnel_id} --port {port} --rport {rport}
+Example (the tunnel spawners' default connect_to_job_cmd):
+  batchtunnel connect --tunnel {tunnel_id} --port {port} --rport {rport} --keep-exposure
 """
 
 API_OPTIONS = [
@@ -38,6 +38,9 @@ OPTIONS = [
     Option("host", "hub-side address to listen on", str, "127.0.0.1", metavar="ADDR"),
     Option("grace", "seconds the agent (or the broker) may be unreachable before giving up", positive, 60.0),
     Option("poll-interval", "seconds between health checks", positive, 2.0),
+    Option("keep-exposure", "on SIGTERM/SIGINT, leave the exposure at the broker (the spawner runs the "
+           "command again on the same port after a hub restart, and deletes the tunnel when the server ends)",
+           flag=True),
 ]
 
 
@@ -56,4 +59,5 @@ def run(values: dict[str, Any], args: argparse.Namespace) -> int:
     if not values["rport"]:
         raise ConfigurationError("--rport is required: the notebook's port on the node")
     return run_connect(client(values), values["tunnel"], values["port"], values["rport"],
-                       values["host"], values["grace"], values["poll_interval"])
+                       values["host"], values["grace"], values["poll_interval"],
+                       keep_exposure=bool(values["keep_exposure"]))

@@ -2,7 +2,7 @@
 
 This is the spawner's background connect-to-job command. It exits:
 
-    0  on SIGTERM/SIGINT (the exposure is removed first)
+    0  on SIGTERM/SIGINT (the exposure is removed first, unless ``keep_exposure``)
     2  the broker refused the request (bad tunnel id, port taken, bad admin token)
     3  the tunnel or its exposure was deleted
     4  the broker API was unreachable for longer than the grace period
@@ -34,8 +34,14 @@ def run_connect(
     grace: float = 60.0,
     poll_interval: float = 2.0,
     stop: threading.Event | None = None,
+    keep_exposure: bool = False,
 ) -> int:
-    """Expose, then watch until told to stop or the tunnel fails. Returns the exit status."""
+    """Expose, then watch until told to stop or the tunnel fails. Returns the exit status.
+
+    With ``keep_exposure``, a stop leaves the exposure at the broker: a service manager that stops the
+    hub stops this command with it (it is in the hub's cgroup), and the notebook must stay reachable
+    until the restarted hub runs the command again on the same port (the broker answers that with the
+    exposure it kept). Whoever ends the server deletes the tunnel, and its exposures with it."""
     stop = stop or threading.Event()
     try:
         exposure = client.expose(tunnel_id, port, rport, host)
@@ -78,6 +84,9 @@ def run_connect(
         elif now - agent_down_since > grace:
             log.error("tunnel %s: agent disconnected for more than %.0f s; giving up", tunnel_id, grace)
             return EXIT_AGENT_GONE
+    if keep_exposure:
+        log.info("stopped; %s:%d stays exposed at the broker (--keep-exposure)", host, port)
+        return 0
     try:
         client.unexpose(tunnel_id, port)
     except ApiError as exc:

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The demo: JupyterHub on a Slurm cluster whose compute node accepts no inbound connections.
 #
-#   scripts/demo.sh        bring it up (again: prints how to use the running demo)
-#   scripts/demo.sh down   stop everything it started
+#   scripts/demo.sh              bring it up (again: prints how to use the running demo)
+#   scripts/demo.sh restart-hub  restart JupyterHub as systemd does (SIGTERM to the hub and every
+#                                process it started, then start it again): running notebooks carry on
+#   scripts/demo.sh down         stop everything it started
 #
-# Hub side (this machine, 10.213.7.1): JupyterHub + configurable-http-proxy on http://127.0.0.1:8000,
-# the broker (TLS) on 10.213.7.1:18765, slurmctld. Compute node btnode1: slurmd in network namespace
+# Hub side (this machine, 10.213.7.1): configurable-http-proxy on http://127.0.0.1:8000 and JupyterHub
+# as separate services (as sites run them: a hub restart drops no connection; cleanup_servers = False
+# keeps the users' jobs through it), the broker (TLS) on 10.213.7.1:18765, slurmctld. Compute node btnode1: slurmd in network namespace
 # "btnode" (10.213.7.2) behind a firewall that lets in only slurmctld. Notebooks run there as the demo
 # users and are reached through the tunnel their job dials out. Needs root (a fresh Debian machine).
 set -euo pipefail
@@ -28,14 +31,63 @@ stop_pid() {  # stop_pid NAME: SIGTERM its process group, wait, then SIGKILL
 
 running() { [ -f "$STATE/$1.pid" ] && kill -0 "$(cat "$STATE/$1.pid")" 2>/dev/null; }
 
+tree() {  # tree PID: PID and every process below it
+    echo "$1"
+    local child
+    for child in $(ps -o pid= --ppid "$1"); do tree "$child"; done
+}
+
+stop_hub_like_systemd() {  # KillMode=control-group: the hub and all it started (connect steps too)
+    local file=$STATE/jupyterhub.pid
+    [ -f "$file" ] || return 0
+    local pids pid; pids=$(tree "$(cat "$file")")
+    kill -TERM $pids 2>/dev/null || true
+    for _ in $(seq 100); do  # until every one of them is gone (TimeoutStopSec), then SIGKILL
+        for pid in $pids; do kill -0 "$pid" 2>/dev/null && break; pid=""; done
+        [ -z "$pid" ] && break
+        sleep 0.1
+    done
+    kill -KILL $pids 2>/dev/null || true
+    rm -f "$file"
+}
+
+start_hub() {
+    setsid .venv/bin/jupyterhub -f "$STATE/jupyterhub_config.py" \
+        >> "$STATE/jupyterhub.log" 2>&1 < /dev/null & echo $! > "$STATE/jupyterhub.pid"
+    wait_for 60 "JupyterHub" curl -sf "http://127.0.0.1:$HUB_PORT/hub/api/"
+}
+
 wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
     local secs=$1 what=$2; shift 2
     for _ in $(seq $((secs * 10))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
     echo "demo: timed out waiting for $what; see $STATE/*.log" >&2; exit 1
 }
 
+if [ "${1:-up}" = "restart-hub" ]; then
+    running jupyterhub || { echo "demo: not running (scripts/demo.sh starts it)" >&2; exit 1; }
+    stop_hub_like_systemd
+    start_hub
+    echo "demo: JupyterHub restarted; running notebooks carried on (see $STATE/jupyterhub.log)"
+    exit 0
+fi
+
 if [ "${1:-up}" = "down" ]; then
-    stop_pid jupyterhub   # stops the users' servers: jobs cancelled, tunnels deleted, proxy stopped
+    if running jupyterhub; then  # cleanup_servers = False: the servers are stopped here, one by one
+        auth="Authorization: token $(cat "$STATE/hub-admin.token")"
+        for user in $USERS; do
+            code=$(curl -s -o /dev/null -w '%{http_code}' -X DELETE -H "$auth" \
+                "http://127.0.0.1:$HUB_PORT/hub/api/users/$user/server" || true)
+            [ "$code" = 202 ] || continue  # 204: stopped; 400/404: no server; 202: stopping, wait for it
+            for _ in $(seq 600); do  # its job cancelled and its tunnel deleted; after 60 s go on anyway
+                curl -sf -H "$auth" "http://127.0.0.1:$HUB_PORT/hub/api/users/$user" 2>/dev/null \
+                    | .venv/bin/python -c 'import json, sys; sys.exit(1 if json.load(sys.stdin)["servers"] else 0)' \
+                    2>/dev/null && break
+                sleep 0.1
+            done
+        done
+    fi
+    stop_hub_like_systemd
+    stop_pid proxy
     stop_pid broker
     scripts/slurm-cluster.sh down || true
     rm -rf "$STATE"
@@ -49,6 +101,9 @@ export SLURM_CONF
 mkdir -p "$STATE" && chmod 700 "$STATE"
 for user in $USERS; do id "$user" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash "$user"; done
 [ -f "$STATE/password" ] || (umask 077; .venv/bin/python -c 'import secrets; print(secrets.token_urlsafe(9))' > "$STATE/password")
+for secret in proxy.token hub-admin.token; do
+    [ -f "$STATE/$secret" ] || (umask 077; .venv/bin/python -c 'import secrets; print(secrets.token_hex(32))' > "$STATE/$secret")
+done
 [ -f "$STATE/pki/ca.pem" ] || $BT certs init --dir "$STATE/pki" --hostname localhost --ip "$HUB_SIDE" >/dev/null
 
 if ! running broker; then
@@ -65,8 +120,16 @@ c = get_config()  # noqa
 c.JupyterHub.bind_url = "http://127.0.0.1:$HUB_PORT"
 c.JupyterHub.hub_ip = "$HUB_SIDE"
 c.JupyterHub.hub_port = $HUB_API_PORT
+# The proxy is a service of its own (started below), so a hub restart drops no connection through it,
+# and the users' servers outlive the hub process: restarting the hub must not stop them.
 c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:$PROXY_API_PORT"
-c.ConfigurableHTTPProxy.command = ["$PWD/.node/node_modules/.bin/configurable-http-proxy"]
+c.ConfigurableHTTPProxy.should_start = False
+c.ConfigurableHTTPProxy.auth_token = open("$STATE/proxy.token").read().strip()
+c.JupyterHub.cleanup_servers = False
+# Lets "scripts/demo.sh down" stop the users' servers.
+c.JupyterHub.services = [{"name": "demo-admin", "api_token": open("$STATE/hub-admin.token").read().strip()}]
+c.JupyterHub.load_roles = [{"name": "demo-admin", "services": ["demo-admin"],
+                            "scopes": ["admin:servers", "read:users", "list:users"]}]
 c.JupyterHub.db_url = "sqlite:///$STATE/jupyterhub.sqlite"
 c.JupyterHub.cookie_secret_file = "$STATE/cookie_secret"
 c.JupyterHub.authenticator_class = "shared-password"
@@ -80,7 +143,6 @@ c.SlurmTunnelSpawner.broker_url = "wss://$HUB_SIDE:$AGENT_PORT/agent"
 c.SlurmTunnelSpawner.broker_api_url = "http://127.0.0.1:$API_PORT"
 c.SlurmTunnelSpawner.broker_admin_token_file = "$STATE/admin.token"
 c.SlurmTunnelSpawner.broker_ca_file = "$STATE/pki/ca.pem"
-c.SlurmTunnelSpawner.connect_to_job_cmd = "$PWD/.venv/bin/batchtunnel connect --tunnel {tunnel_id} --port {port} --rport {rport}"
 # The jobs' own Python environment (readable by the users): agent, notebook, kernel.
 c.SlurmTunnelSpawner.agent_cmd = ["$PWD/.jobenv/bin/batchtunnel", "agent"]
 c.SlurmTunnelSpawner.batchspawner_singleuser_cmd = "$PWD/.jobenv/bin/batchspawner-singleuser"
@@ -91,9 +153,15 @@ c.SlurmTunnelSpawner.options_runtime_max_minutes = 240
 c.SlurmTunnelSpawner.options_partitions = ["debug"]
 c.SlurmTunnelSpawner.options_environments = {"Python (job environment)": ""}
 CONFIG
-    setsid .venv/bin/jupyterhub -f "$STATE/jupyterhub_config.py" \
-        > "$STATE/jupyterhub.log" 2>&1 < /dev/null & echo $! > "$STATE/jupyterhub.pid"
-    wait_for 60 "JupyterHub" curl -sf "http://127.0.0.1:$HUB_PORT/hub/api/"
+    if ! running proxy; then
+        CONFIGPROXY_AUTH_TOKEN=$(cat "$STATE/proxy.token") setsid .node/node_modules/.bin/configurable-http-proxy \
+            --ip 127.0.0.1 --port "$HUB_PORT" --api-ip 127.0.0.1 --api-port "$PROXY_API_PORT" \
+            --default-target "http://$HUB_SIDE:$HUB_API_PORT" --error-target "http://$HUB_SIDE:$HUB_API_PORT/hub/error" \
+            > "$STATE/proxy.log" 2>&1 < /dev/null & echo $! > "$STATE/proxy.pid"
+        wait_for 20 "the proxy" curl -sf -H "Authorization: token $(cat "$STATE/proxy.token")" \
+            "http://127.0.0.1:$PROXY_API_PORT/api/routes"
+    fi
+    start_hub
 fi
 
 cat <<MSG
@@ -101,6 +169,7 @@ batchtunnel demo is up: JupyterHub on a Slurm cluster whose compute node accepts
   open        http://127.0.0.1:$HUB_PORT   (from elsewhere: ssh -L $HUB_PORT:127.0.0.1:$HUB_PORT <this machine>)
   log in as   $(echo $USERS | sed 's/ / or /')   password: $(cat "$STATE/password")
   the node    btnode1 (10.213.7.2), firewall: scripts/slurm-cluster.sh status
-  logs        $STATE/{jupyterhub,broker}.log, /var/lib/batchtunnel-cluster/slurm*.log
+  logs        $STATE/{jupyterhub,proxy,broker}.log, /var/lib/batchtunnel-cluster/slurm*.log
+  restart     scripts/demo.sh restart-hub   (as systemctl restart does it: notebooks carry on)
   stop        scripts/demo.sh down
 MSG

@@ -4,7 +4,7 @@
 notebook reported its port, then run in the background on the hub and watched.
 Examples (str.format or Jinja, as batchspawner's own templates)::
 
-    batchtunnel connect --tunnel {tunnel_id} --port {port} --rport {rport}   # our broker (default)
+    batchtunnel connect --tunnel {tunnel_id} --port {port} --rport {rport} --keep-exposure  # (default)
     ssh -N -L {port}:localhost:{rport} {host}                                # a site's own forward
     condor_ssh_to_job -auto-retry {job_id} -N -L {port}:localhost:{rport}    # the paper's HTCondor way
 
@@ -23,7 +23,7 @@ import re
 import shlex
 from typing import TYPE_CHECKING, Any
 
-from batchspawner.batchspawner import format_template
+from batchspawner.batchspawner import JobStatus, format_template
 from jupyterhub.utils import random_port
 from traitlets import Float, Integer, Unicode
 from traitlets.config import Configurable
@@ -56,7 +56,22 @@ class ConnectToJobMixin(_SpawnerBase):
         {rport} the notebook's port on the node; otherwise {port} is the notebook's port. The proxy is
         then pointed at connect_ip:{port}.
 
-        Empty: no connect step; the spawner behaves exactly like plain batchspawner.
+        Empty: no connect step; the spawner behaves exactly like plain batchspawner. The tunnel
+        spawners default to this installation's `batchtunnel connect --tunnel {tunnel_id} --port {port}
+        --rport {rport} --keep-exposure`, by absolute path.
+
+        If the command ends while the job still runs (a service manager that stops the hub stops it
+        too), the next poll starts it again, as rendered the first time (the same hub-side port, so the
+        proxy's route stays right), up to connect_restarts times.
+        """,
+    ).tag(config=True)
+
+    connect_restarts = Integer(
+        10,
+        help="""
+        How many times, per server, the connect step is started again when it ended while the job
+        still runs, before the server is ended instead. Each restart is logged with the reason the
+        command ended. 0: a connect step that ends always ends the server.
         """,
     ).tag(config=True)
 
@@ -85,6 +100,7 @@ class ConnectToJobMixin(_SpawnerBase):
     connect_pid = Integer(0)
     connect_port = Integer(0)
     connect_command = Unicode("")
+    connect_restarted = Integer(0)
 
     stop_reason = Unicode("", help="Why the server stopped, when we know (shown on the next spawn page).")
     previous_stop = ""  # the stop_reason of the last server, for this spawn's progress messages
@@ -127,6 +143,7 @@ class ConnectToJobMixin(_SpawnerBase):
 
     async def start(self) -> Any:
         self.previous_stop, self.stop_reason = self.stop_reason, ""
+        self.connect_restarted = 0
         ip, port = await super().start()
         if not self.connect_to_job_cmd:
             return ip, port
@@ -149,10 +166,14 @@ class ConnectToJobMixin(_SpawnerBase):
     async def poll(self) -> int | None:
         connect = self._watched_connect()
         if connect is not None and connect.exited():
-            self.stop_reason = connect.describe_exit()
-            self.log.warning("Server of %s stopped: %s", self.user.name, self.stop_reason)
+            reason = connect.describe_exit()
             self._connect = None
             self.connect_pid = 0  # seen: later polls must not adopt the dead PID and reword the reason
+            reason = await self._restart_connect(reason)
+            if not reason:
+                return None
+            self.stop_reason = reason
+            self.log.warning("Server of %s stopped: %s", self.user.name, self.stop_reason)
             # JupyterHub calls stop() only for a server poll() says is running. The job may well be:
             # its node is lost, or the connection to it is. End it here (and whatever subclasses hold,
             # like the tunnel), or it would run on for nobody.
@@ -160,6 +181,41 @@ class ConnectToJobMixin(_SpawnerBase):
             return 1
         status: int | None = await super().poll()
         return status
+
+    async def _restart_connect(self, reason: str) -> str:
+        """Start the ended connect step (which ended for ``reason``) again if the job still runs.
+        Returns "" if it runs again, else why the server ends."""
+        if not self.connect_command or self.connect_restarted >= self.connect_restarts:
+            return reason
+        if await self.query_job_status() not in (JobStatus.PENDING, JobStatus.RUNNING, JobStatus.UNKNOWN):
+            return reason  # the job ended too: the usual ending
+        self.connect_restarted += 1
+        self.log.warning("Job %s of %s still runs but its %s; starting the command again on hub-side port %d "
+                         "(restart %d of at most %d)", self.job_id, self.user.name, reason, self.connect_port,
+                         self.connect_restarted, self.connect_restarts)
+        connect = BackgroundCommand(self.connect_command, self.connect_env(), name="connect-to-job command")
+        await connect.start()
+        await asyncio.sleep(self.connect_startup_check)
+        if connect.exited():
+            again = connect.describe_exit()
+            await connect.terminate(self.connect_stop_timeout)
+            return f"{reason}; started again, {again}"
+        assert connect.pid is not None
+        self._connect, self.connect_pid = connect, connect.pid
+        self._save_state()  # a later hub process must adopt this PID, not restart what runs
+        return ""
+
+    def _save_state(self) -> None:
+        """Store get_state() in the hub's database now, as JupyterHub does after start() (it does not
+        after poll())."""
+        orm_spawner, db = getattr(self, "orm_spawner", None), getattr(self, "db", None)
+        if orm_spawner is None or db is None:
+            return
+        try:
+            orm_spawner.state = self.get_state()
+            db.commit()
+        except Exception as exc:  # the database is the hub's: never fail the poll for it
+            self.log.warning("Could not store the state of %s's server: %s", self.user.name, exc)
 
     async def stop(self, now: bool = False) -> None:
         connect = self._watched_connect()
@@ -184,7 +240,7 @@ class ConnectToJobMixin(_SpawnerBase):
             state["stop_reason"] = self.stop_reason
         if self.connect_pid:
             state.update(connect_pid=self.connect_pid, connect_port=self.connect_port,
-                         connect_command=self.connect_command)
+                         connect_command=self.connect_command, connect_restarted=self.connect_restarted)
         return state
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -192,9 +248,10 @@ class ConnectToJobMixin(_SpawnerBase):
         self.connect_pid = int(state.get("connect_pid", 0))
         self.connect_port = int(state.get("connect_port", 0))
         self.connect_command = str(state.get("connect_command", ""))
+        self.connect_restarted = int(state.get("connect_restarted", 0))
         self.stop_reason = str(state.get("stop_reason", ""))
 
     def clear_state(self) -> None:
         super().clear_state()
-        self.connect_pid = self.connect_port = 0
+        self.connect_pid = self.connect_port = self.connect_restarted = 0
         self.connect_command = ""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shlex
+import sys
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -22,6 +23,14 @@ from ..client import BrokerClient
 from ..wire import ApiError, ConfigurationError, JobEndedError
 from .connect import ConnectToJobMixin
 from .options import ResourceOptionsMixin
+
+
+def default_connect_cmd() -> str:
+    """``batchtunnel connect`` of this installation, by absolute path (a hub run by a service manager
+    has no PATH that names it), leaving the exposure to the spawner when stopped (hub restarts)."""
+    script = os.path.join(os.path.dirname(sys.executable), "batchtunnel")
+    program = shlex.quote(script) if os.access(script, os.X_OK) else f"{shlex.quote(sys.executable)} -m batchtunnel.cli"
+    return f"{program} connect --tunnel {{tunnel_id}} --port {{port}} --rport {{rport}} --keep-exposure"
 
 
 class BrokerTunnelMixin(ResourceOptionsMixin, ConnectToJobMixin):
@@ -110,7 +119,7 @@ class BrokerTunnelMixin(ResourceOptionsMixin, ConnectToJobMixin):
 
     @default("connect_to_job_cmd")
     def _default_connect_cmd(self) -> str:
-        return "batchtunnel connect --tunnel {tunnel_id} --port {port} --rport {rport}"
+        return default_connect_cmd()
 
     # -- broker
 

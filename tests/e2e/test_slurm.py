@@ -170,6 +170,78 @@ async def test_a_notebook_lives_through_hub_and_broker_restarts(stack: tuple[Hub
     await asyncio.to_thread(wait_until, lambda: job not in squeue(), 30, "the job to leave squeue")
 
 
+async def test_a_hub_stopped_by_its_service_manager_loses_nothing(stack: tuple[Hub, BrokerProcess]) -> None:
+    """``systemctl restart jupyterhub`` with the default KillMode=control-group: SIGTERM to the hub and
+    every process it started, the connect step included, then the same command line again. The
+    proxy runs as its own service and cleanup_servers is False, as the README says a site runs them."""
+    hub, broker = stack
+    assert spawn(hub, "btslurm5")[-1].get("ready")
+    (job,) = [line.split()[0] for line in squeue().splitlines()]
+    (tunnel,) = broker.client.tunnels()
+    port = tunnel["exposures"][0]["port"]
+    http, base = user_http(hub, "btslurm5")
+    async with http:
+        async with kernel(http, base) as k:
+            assert await k.execute("1 + 1") == "2"
+            stopped = time.monotonic()
+            signalled = await asyncio.to_thread(hub.stop_like_systemd)
+            down_after = time.monotonic() - stopped
+            assert any(f"connect --tunnel {tunnel['id']}" in line for line in signalled), signalled
+            # The hub is down and so is the connect step; the broker kept the exposure, so the open kernel
+            # WebSocket and new connections to the notebook both work.
+            assert await k.execute("2 + 3") == "5"
+            assert port_open(port)
+            restarted = time.monotonic()
+            await asyncio.to_thread(hub.start)
+            hub_up = time.monotonic() - restarted
+            await asyncio.to_thread(wait_until, lambda: connect_steps(tunnel["id"]) == 1, 60,
+                                    "the restarted hub to run the connect step again")
+            again = time.monotonic() - restarted
+            assert hub.proc is not None
+            assert ("still runs but its connect-to-job command ended (it was started by an earlier hub process); "
+                    "starting the command again on hub-side port") in hub.proc.log()
+            assert await k.execute("6 * 7") == "42"  # the same WebSocket, all along
+            # The new connect step's PID is in the hub's database: a hub that dies alone now (kill -9)
+            # adopts it instead of starting a second one.
+            pid = connect_pids(tunnel["id"])
+            await asyncio.to_thread(hub.kill9)
+            await asyncio.to_thread(hub.start)
+            await asyncio.to_thread(wait_until, lambda: hub.api("GET", "/hub/api/users/btslurm5")[1]["servers"]
+                                    .get("", {}).get("ready"), 60, "the hub to find the server running")
+            assert connect_pids(tunnel["id"]) == pid
+            assert await k.execute("7 * 7") == "49"
+        assert hub.api("GET", "/hub/api/users/btslurm5")[1]["servers"][""]["ready"]
+        assert [line.split()[0] for line in squeue().splitlines()] == [job]
+        assert hub.route_target("btslurm5") == f"http://127.0.0.1:{port}"
+        assert [e["port"] for e in broker.tunnel(tunnel["id"])["exposures"]] == [port]
+        async with kernel(http, base) as k:  # a new kernel connection through the new connect step
+            assert await k.execute("3 * 3") == "9"
+    print(f"\nhub and its {len(signalled) - 1} processes stopped in {down_after:.1f} s; the new hub answered "
+          f"{hub_up:.1f} s after its start, and its connect step ran again {again:.1f} s after that start")
+    hub.api("DELETE", "/hub/api/users/btslurm5/server")
+    await asyncio.to_thread(wait_until, lambda: job not in squeue(), 30, "the job to leave squeue")
+    assert connect_steps(tunnel["id"]) == 0
+    assert broker.client.tunnels() == []
+
+
+def connect_pids(tunnel_id: str) -> list[str]:
+    """The processes running ``batchtunnel connect`` for ``tunnel_id`` (not the ``sh -c`` around each)."""
+    pids = subprocess.run(["pgrep", "-f", f"batchtunnel connect --tunnel {tunnel_id}"], capture_output=True,
+                          text=True).stdout.split()
+    return [pid for pid in pids if _comm(pid) not in ("sh", "")]
+
+
+def _comm(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def connect_steps(tunnel_id: str) -> int:
+    return len(connect_pids(tunnel_id))
+
+
 def node_processes() -> list[str]:
     pids = subprocess.run(["ip", "netns", "pids", "btnode"], capture_output=True, text=True).stdout.split()
     names = []

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
+import signal
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -12,6 +14,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from batchspawner.batchspawner import JobStatus
 from batchtunnel.spawner import (
     CondorTunnelSpawner,
     ConnectToJobError,
@@ -66,8 +69,13 @@ def test_values_are_shell_quoted_and_unknown_variables_refused() -> None:
         spawner.render_connect_cmd("n1", 1)
 
 
-def test_default_command_is_our_broker() -> None:
-    assert SlurmTunnelSpawner(user=user()).connect_to_job_cmd.startswith("batchtunnel connect --tunnel {tunnel_id}")
+def test_default_command_is_our_broker_by_absolute_path() -> None:
+    """A hub run by systemd has no PATH naming the installation ("batchtunnel: not found", exit 127)."""
+    command = SlurmTunnelSpawner(user=user()).connect_to_job_cmd
+    program, _, rest = command.partition(" ")
+    assert rest == "connect --tunnel {tunnel_id} --port {port} --rport {rport} --keep-exposure"
+    assert os.path.isabs(program) and os.access(program, os.X_OK)
+    assert subprocess.run([program, "connect", "--help"], capture_output=True, env={}).returncode == 0
 
 
 class FakeBatch:
@@ -80,6 +88,7 @@ class FakeBatch:
         self.job_id = "42"
         self.notebook_port = notebook_port
         self.stopped = False
+        self.job_status = JobStatus.RUNNING
         self.ip, self.port = "", 0
 
     def get_req_subvars(self) -> dict[str, str]:
@@ -90,6 +99,9 @@ class FakeBatch:
 
     async def poll(self) -> int | None:
         return None
+
+    async def query_job_status(self) -> JobStatus:
+        return self.job_status
 
     async def stop(self, now: bool = False) -> None:
         self.stopped = True
@@ -127,7 +139,8 @@ async def test_later_exit_is_reported_by_poll_with_the_reason() -> None:
                          connect_startup_check=0.1)
     await spawner.start()
     assert await spawner.poll() is None
-    await asyncio.sleep(1.5)
+    spawner.job_status = JobStatus.NOTFOUND  # the node was lost, and the job with it
+    await asyncio.wait_for(spawner._connect.wait(), 10)  # type: ignore[union-attr]
     assert await spawner.poll() == 1
     assert spawner.stop_reason == "connect-to-job command exited with status 1: tunnel closed by peer"
     # JupyterHub will not call stop() for a server poll() reports stopped: the job was ended here.
@@ -160,6 +173,56 @@ async def test_command_is_adopted_after_a_hub_restart() -> None:
     assert await second.poll() is None
     await second.stop()
     assert not _group_alive(state["connect_pid"])
+
+
+async def test_a_connect_step_stopped_with_the_hub_is_started_again_while_the_job_runs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A service manager stopping the hub SIGTERMs its whole cgroup, the connect step included; the
+    restarted hub must run the command again (same hub-side port: the proxy's route stays right)."""
+    first = Connecting(connect_to_job_cmd="sleep 300 # {port} {rport}", connect_startup_check=0.1)
+    await first.start()
+    state = first.get_state()
+    os.killpg(state["connect_pid"], signal.SIGTERM)
+    await asyncio.wait_for(first._connect.wait(), 10)  # type: ignore[union-attr]
+    # The new hub process: a new spawner object with the stored state, whose connect PID is gone.
+    second = Connecting(connect_to_job_cmd="sleep 300 # {port} {rport}", connect_startup_check=0.1)
+    second.load_state(state)
+    with caplog.at_level(logging.WARNING):
+        assert await second.poll() is None
+    assert not second.stopped and second.connect_pid not in (0, state["connect_pid"])
+    assert _group_alive(second.connect_pid)
+    assert second.get_state()["connect_command"] == state["connect_command"]  # the same port
+    assert second.get_state()["connect_restarted"] == 1
+    assert "started by an earlier hub process" in caplog.text and "starting the command again" in caplog.text
+    await second.stop()
+    assert second.stopped and not _group_alive(second.get_state().get("connect_pid") or state["connect_pid"])
+
+
+async def test_a_connect_step_that_keeps_ending_ends_the_server_after_connect_restarts() -> None:
+    spawner = Connecting(connect_to_job_cmd="sleep 0.3; echo gone again; exit 3", connect_startup_check=0.1,
+                         connect_restarts=2)
+    await spawner.start()
+    for restart in (1, 2):
+        await asyncio.wait_for(spawner._connect.wait(), 10)  # type: ignore[union-attr]
+        assert await spawner.poll() is None and spawner.connect_restarted == restart
+    await asyncio.wait_for(spawner._connect.wait(), 10)  # type: ignore[union-attr]
+    assert await spawner.poll() == 1
+    assert spawner.stopped
+    assert spawner.stop_reason == "connect-to-job command exited with status 3: gone again"
+
+
+async def test_a_connect_step_that_cannot_start_again_ends_the_server(tmp_path: Path) -> None:
+    taken = tmp_path / "port-taken"
+    spawner = Connecting(connect_to_job_cmd=f"test -e {taken} && echo port taken && exit 2; sleep 0.3",
+                         connect_startup_check=0.1)
+    await spawner.start()
+    taken.touch()  # meanwhile, something else took the hub-side port
+    await asyncio.wait_for(spawner._connect.wait(), 10)  # type: ignore[union-attr]
+    assert await spawner.poll() == 1
+    assert spawner.stopped
+    assert spawner.stop_reason == ("connect-to-job command exited with status 0; started again, "
+                                   "connect-to-job command exited with status 2: port taken")
 
 
 @pytest.fixture
@@ -220,7 +283,8 @@ async def test_a_sites_own_ssh_forward_works_as_the_connect_command(
 
 
 async def test_the_stop_reason_is_kept_for_the_users_next_spawn() -> None:
-    spawner = Connecting(connect_to_job_cmd="sleep 0.3; echo lost the broker; exit 4", connect_startup_check=0.1)
+    spawner = Connecting(connect_to_job_cmd="sleep 0.3; echo lost the broker; exit 4", connect_startup_check=0.1,
+                         connect_restarts=0)
     await spawner.start()
     await asyncio.sleep(1)
     assert await spawner.poll() == 1

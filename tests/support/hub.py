@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -42,7 +43,7 @@ class Hub:
 
     def __init__(self, procs: ProcessGroup, workdir: Path, broker: BrokerProcess, pending: float = 0,
                  api_port: int = 0, backend: str = "slurm", hub_ip: str = "127.0.0.1", log_level: str = "INFO",
-                 external_proxy: bool = False, **spawner: Any) -> None:
+                 external_proxy: bool = False, hub_config: tuple[str, ...] = (), **spawner: Any) -> None:
         self.procs = procs
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
@@ -75,7 +76,7 @@ class Hub:
             "broker_ca_file": broker.pki.ca,
             "agent_cmd": [str(BIN / "batchtunnel"), "agent"],
             "connect_to_job_cmd": f"{BIN / 'batchtunnel'} connect --tunnel {{tunnel_id}} --port {{port}} "
-                                  "--rport {rport} --poll-interval 0.5",
+                                  "--rport {rport} --poll-interval 0.5 --keep-exposure",
             "batchspawner_singleuser_cmd": str(BIN / "batchspawner-singleuser"),
             **commands,
             **spawner,
@@ -108,6 +109,7 @@ class Hub:
             "c.Spawner.env_keep = ['PATH', 'LANG', 'LC_ALL', 'FAKEBATCH_DIR', 'FAKEBATCH_PENDING', 'SLURM_CONF']",
         ]
         lines += [f"c.{spawner_class}.{key} = {value!r}" for key, value in settings.items()]
+        lines += hub_config  # a test's own lines, last
         self.config = workdir / "jupyterhub_config.py"
         self.config.write_text("\n".join(lines) + "\n")
         self.env = {"FAKEBATCH_DIR": str(self.batch_dir), "FAKEBATCH_PENDING": str(pending)}
@@ -128,6 +130,30 @@ class Hub:
         self.proc = self.procs.start(f"jupyterhub-{self.starts}", [str(BIN / "jupyterhub"), "-f", str(self.config)],
                                      env=self.env, cwd=self.workdir)
         wait_until(lambda: self.api("GET", "/hub/api/")[0] == 200, 60, "JupyterHub's API")
+
+    def stop_like_systemd(self, timeout: float = 10.0) -> list[str]:
+        """What ``systemctl stop`` does with the default ``KillMode=control-group``: SIGTERM to the hub
+        and every process it started (its cgroup: the connect steps too, though they run in sessions of
+        their own), then SIGKILL to whatever is left after ``timeout``. The proxy is not the hub's child
+        here (``external_proxy``), as it is not in the hub's unit at a site. Returns the command lines
+        signalled."""
+        assert self.proc is not None
+        tree = [self.proc.pid, *descendants(self.proc.pid)]
+        signalled = []
+        for pid in tree:
+            try:
+                signalled.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip())
+                os.kill(pid, signal.SIGTERM)
+            except (OSError, ProcessLookupError):
+                pass
+        try:
+            wait_until(lambda: not any(_exists(pid) for pid in tree), timeout, "the hub's processes to exit")
+        except AssertionError:
+            for pid in tree:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+        self.proc.wait(10)
+        return signalled
 
     def kill9(self) -> None:
         """SIGKILL the hub process alone; the proxy and the connect commands live on, as at a site."""
@@ -195,3 +221,28 @@ class Hub:
             except OSError:
                 pass
         return running
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, their children, ...), from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _exists(pid: int) -> bool:
+    """Alive and not a zombie (a reaped or unreaped dead process does not count)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

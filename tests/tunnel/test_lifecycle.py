@@ -131,6 +131,38 @@ async def test_connect_exposes_and_exits_cleanly_on_sigterm(broker: BrokerProces
     assert not port_open(port)
 
 
+async def test_connect_keeps_the_exposure_when_told_and_a_second_run_takes_it_over(
+    broker: BrokerProcess, procs: ProcessGroup
+) -> None:
+    """What a hub restarted by its service manager needs: the connect step dies with the hub, the
+    notebook stays reachable, and the restarted hub's run of the same command takes the port over."""
+    _, target_port = target_server(procs)
+    tunnel = broker.client.create_tunnel("kept")
+    broker.start_agent(tunnel["token"], tunnel_id=tunnel["id"])
+    port = free_port()
+    args = ("--tunnel", tunnel["id"], "--port", str(port), "--rport", str(target_port), "--keep-exposure")
+    first = _connect(procs, broker, *args)
+    wait_until(lambda: port_open(port), 10, "connect to expose the port")
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)  # open across the restart
+    first.signal(signal.SIGTERM)
+    assert first.wait(10) == 0
+    assert [e["port"] for e in broker.tunnel(tunnel["id"])["exposures"]] == [port]
+    assert await client.echo(port, b"while no connect step runs") == b"while no connect step runs"
+    second = _connect(procs, broker, *args, name="connect-again")
+    wait_until(lambda: "reachable on" in second.log(), 10, "the second connect step")
+    assert second.alive()
+    writer.write(b"echo\n")
+    await writer.drain()
+    writer.write(b"still the same connection")
+    writer.write_eof()
+    assert await asyncio.wait_for(reader.read(), 10) == b"still the same connection"
+    writer.close()
+    second.signal(signal.SIGTERM)
+    assert second.wait(10) == 0
+    broker.client.delete_tunnel(tunnel["id"])  # what the spawner does when the server ends
+    wait_until(lambda: not port_open(port), 10, "the exposure to go with its tunnel")
+
+
 def test_connect_exits_3_when_tunnel_deleted(broker: BrokerProcess, procs: ProcessGroup) -> None:
     tunnel = broker.client.create_tunnel("c2")
     broker.start_agent(tunnel["token"], tunnel_id=tunnel["id"])
