@@ -101,6 +101,8 @@ class Tunnel:
                 "rtt_ms": round(session.rtt * 1000, 3) if session and session.rtt is not None else None,
                 "streams": session.stream_count if session else 0,
                 "streams_from_agent": session.streams_accepted if session else 0,
+                "bytes_in": self.session.bytes_in if self.session is not None else 0,
+                "bytes_out": self.session.bytes_out if self.session is not None else 0,
             },
             "exposures": [e.as_json() for e in self.exposures.values()],
             "connections_total": self.connections_total,

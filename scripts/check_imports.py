@@ -17,7 +17,8 @@ and the third-party packages THIRD_PARTY names for it):
     certs     cryptography
     broker    the server (aiohttp, prometheus_client)  agent   inside the batch job: no aiohttp, no JupyterHub
                                           (certs/fingerprint.py only, of certs: no cryptography)
-    spawner   JupyterHub                  cli     the command: may reach every part (lazily)
+    spawner   JupyterHub                  status  the admin status page, a JupyterHub service
+    cli       the command: may reach every part (lazily)
 
 Exit status 0 when all holds; 1, with one line per problem, otherwise.
 """
@@ -29,7 +30,7 @@ import sys
 from pathlib import Path
 
 PACKAGE = "batchtunnel"
-PARTS = ("wire", "session", "client", "certs", "broker", "agent", "spawner", "cli")
+PARTS = ("wire", "session", "client", "certs", "broker", "agent", "spawner", "status", "cli")
 MAY_IMPORT: dict[str, set[str]] = {
     "": set(),
     "wire": set(),
@@ -39,6 +40,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "broker": {"", "wire", "session"},
     "agent": {"", "wire", "session", "certs"},
     "spawner": {"", "wire", "client"},
+    "status": {"", "wire", "client"},
     "cli": {"", *PARTS},
 }
 """For each part ("" is the root package, batchtunnel/__init__.py), the parts it may import."""
@@ -51,6 +53,7 @@ THIRD_PARTY: dict[str, set[str]] = {
     "broker": {"aiohttp", "prometheus_client", "websockets"},
     "agent": {"websockets"},
     "spawner": {"batchspawner", "jupyterhub", "traitlets", "tornado", "jinja2"},
+    "status": {"jupyterhub", "tornado", "jinja2"},
     "cli": {"cryptography", "uvloop", "tomli"},
 }
 

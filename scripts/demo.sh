@@ -16,8 +16,8 @@ cd "$(dirname "$0")/.."
 STATE=$PWD/.demo
 BT=.venv/bin/batchtunnel
 HUB_SIDE=10.213.7.1
-AGENT_PORT=18765 API_PORT=18766 HUB_PORT=8000 HUB_API_PORT=18081 PROXY_API_PORT=18001
-USERS="demo1 demo2"
+AGENT_PORT=18765 API_PORT=18766 HUB_PORT=8000 HUB_API_PORT=18081 PROXY_API_PORT=18001 STATUS_PORT=18082
+USERS="demo1 demo2" ADMIN=demo1
 
 stop_pid() {  # stop_pid NAME: SIGTERM its process group, wait, then SIGKILL
     local file=$STATE/$1.pid
@@ -130,6 +130,13 @@ c.JupyterHub.cleanup_servers = False
 c.JupyterHub.services = [{"name": "demo-admin", "api_token": open("$STATE/hub-admin.token").read().strip()}]
 c.JupyterHub.load_roles = [{"name": "demo-admin", "services": ["demo-admin"],
                             "scopes": ["admin:servers", "read:users", "list:users"]}]
+# The admin status page (Services menu): one row per tunnel. $ADMIN is the demo's admin.
+from batchtunnel.status import status_service
+service, role = status_service(broker_api_url="http://127.0.0.1:$API_PORT",
+                               broker_admin_token_file="$STATE/admin.token", port=$STATUS_PORT)
+c.JupyterHub.services.append(service)
+c.JupyterHub.load_roles.append(role)
+c.Authenticator.admin_users = {"$ADMIN"}
 c.JupyterHub.db_url = "sqlite:///$STATE/jupyterhub.sqlite"
 c.JupyterHub.cookie_secret_file = "$STATE/cookie_secret"
 c.JupyterHub.authenticator_class = "shared-password"
@@ -170,6 +177,7 @@ batchtunnel demo is up: JupyterHub on a Slurm cluster whose compute node accepts
   log in as   $(echo $USERS | sed 's/ / or /')   password: $(cat "$STATE/password")
   the node    btnode1 (10.213.7.2), firewall: scripts/slurm-cluster.sh status
   logs        $STATE/{jupyterhub,proxy,broker}.log, /var/lib/batchtunnel-cluster/slurm*.log
+  status      http://127.0.0.1:$HUB_PORT/services/batchtunnel-status/   (as $ADMIN, the demo's admin)
   restart     scripts/demo.sh restart-hub   (as systemctl restart does it: notebooks carry on)
   stop        scripts/demo.sh down
 MSG

@@ -8,5 +8,5 @@ PY=${PYTHON:-.venv/bin/python}
 mkdir -p .typecheck
 ln -sfn .. .typecheck/batchtunnel
 packages=()
-for d in wire session broker agent client certs cli spawner; do packages+=(-p "batchtunnel.$d"); done
+for d in wire session broker agent client certs cli spawner status; do packages+=(-p "batchtunnel.$d"); done
 MYPYPATH=.typecheck exec "$PY" -m mypy --config-file pyproject.toml -m batchtunnel "${packages[@]}"
