@@ -60,9 +60,11 @@ class ConnectToJobMixin(_SpawnerBase):
         spawners default to this installation's `batchtunnel connect --tunnel {tunnel_id} --port {port}
         --rport {rport} --keep-exposure`, by absolute path.
 
-        If the command ends while the job still runs (a service manager that stops the hub stops it
-        too), the next poll starts it again, as rendered the first time (the same hub-side port, so the
-        proxy's route stays right), up to connect_restarts times.
+        If the command is stopped while the job still runs (by a signal, as a service manager that
+        stops the hub stops it too, or it exits with status 0), the next poll starts it again, as
+        rendered the first time (the same hub-side port, so the proxy's route stays right), up to
+        connect_restarts times. A command that fails (any other exit status: the broker refused it,
+        the tunnel is gone, the agent has been away too long) ends the server, with its reason.
         """,
     ).tag(config=True)
 
@@ -167,9 +169,11 @@ class ConnectToJobMixin(_SpawnerBase):
         connect = self._watched_connect()
         if connect is not None and connect.exited():
             reason = connect.describe_exit()
+            stopped = (connect.returncode or 0) <= 0  # by a signal, or cleanly, or unknowable: not a failure
             self._connect = None
             self.connect_pid = 0  # seen: later polls must not adopt the dead PID and reword the reason
-            reason = await self._restart_connect(reason)
+            if stopped:
+                reason = await self._restart_connect(reason)
             if not reason:
                 return None
             self.stop_reason = reason

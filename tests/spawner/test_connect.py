@@ -199,8 +199,20 @@ async def test_a_connect_step_stopped_with_the_hub_is_started_again_while_the_jo
     assert second.stopped and not _group_alive(second.get_state().get("connect_pid") or state["connect_pid"])
 
 
+async def test_a_connect_step_that_fails_ends_the_server_though_the_job_runs() -> None:
+    """The agent gone for longer than the grace (exit 5), the tunnel deleted (3), the broker refusing
+    (2): a failure, not a stop. Starting it again would only hide a lost node for ten more rounds."""
+    spawner = Connecting(connect_to_job_cmd="sleep 0.3; echo agent gone; exit 5", connect_startup_check=0.1)
+    await spawner.start()
+    assert spawner.job_status is JobStatus.RUNNING  # Slurm still says so for a lost node
+    await asyncio.wait_for(spawner._connect.wait(), 10)  # type: ignore[union-attr]
+    assert await spawner.poll() == 1
+    assert spawner.stopped and spawner.connect_restarted == 0
+    assert spawner.stop_reason == "connect-to-job command exited with status 5: agent gone"
+
+
 async def test_a_connect_step_that_keeps_ending_ends_the_server_after_connect_restarts() -> None:
-    spawner = Connecting(connect_to_job_cmd="sleep 0.3; echo gone again; exit 3", connect_startup_check=0.1,
+    spawner = Connecting(connect_to_job_cmd="sleep 0.3; echo gone again; exit 0", connect_startup_check=0.1,
                          connect_restarts=2)
     await spawner.start()
     for restart in (1, 2):
@@ -209,7 +221,7 @@ async def test_a_connect_step_that_keeps_ending_ends_the_server_after_connect_re
     await asyncio.wait_for(spawner._connect.wait(), 10)  # type: ignore[union-attr]
     assert await spawner.poll() == 1
     assert spawner.stopped
-    assert spawner.stop_reason == "connect-to-job command exited with status 3: gone again"
+    assert spawner.stop_reason == "connect-to-job command exited with status 0: gone again"
 
 
 async def test_a_connect_step_that_cannot_start_again_ends_the_server(tmp_path: Path) -> None:
