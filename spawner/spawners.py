@@ -56,8 +56,11 @@ class SlurmTunnelSpawner(BrokerTunnelMixin, SlurmSpawner):
             return ""
         fields = dict(re.findall(r"(\w+)=(\S*)", out))
         reason = f"{fields.get('JobState', '?')} ({fields.get('Reason', '?')}), exit code {fields.get('ExitCode', '?')}"
-        output = _tail(fields.get("StdOut", ""), _uid(self.user.name))
-        return f"{reason}; its output ends: {output}" if output else reason
+        path = fields.get("StdOut", "")
+        output = _tail(path, _uid(self.user.name))
+        if output:
+            return f"{reason}; its output ({path}) ends: {output}"
+        return f"{reason}; its output: {path}" if path else reason
 
 
 class TorqueTunnelSpawner(BrokerTunnelMixin, TorqueSpawner):

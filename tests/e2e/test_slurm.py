@@ -23,7 +23,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.support.hub import Hub, ensure_user
+from tests.support.hub import Hub, HubClient, ensure_user
 from tests.support.kernel import Kernel, kernel, run_code
 from tests.support.processes import ProcessGroup, free_port, port_open, wait_until
 from tests.support.tunnel import BrokerProcess, Pki
@@ -37,7 +37,7 @@ def squeue() -> str:
     return subprocess.run(["squeue", "-h", "-o", "%i %u %T"], capture_output=True, text=True).stdout.strip()
 
 
-def spawn(hub: Hub, user: str, options: dict[str, str] | None = None) -> list[dict[str, object]]:
+def spawn(hub: HubClient, user: str, options: dict[str, str] | None = None) -> list[dict[str, object]]:
     ensure_user(user)
     hub.api("POST", f"/hub/api/users/{user}")
     status, body = hub.api("POST", f"/hub/api/users/{user}/server", options or {"memory_gb": "1"})
@@ -45,13 +45,13 @@ def spawn(hub: Hub, user: str, options: dict[str, str] | None = None) -> list[di
     return hub.progress(user)
 
 
-def user_token(hub: Hub, user: str) -> str:
+def user_token(hub: HubClient, user: str) -> str:
     status, body = hub.api("POST", f"/hub/api/users/{user}/tokens", {"note": "e2e", "expires_in": 600})
     assert status == 201, body
     return str(body["token"])
 
 
-def user_http(hub: Hub, user: str) -> tuple[aiohttp.ClientSession, str]:
+def user_http(hub: HubClient, user: str) -> tuple[aiohttp.ClientSession, str]:
     """An HTTP client carrying a token of ``user`` (use it with ``async with``), and the URL of the
     user's server through the hub's proxy."""
     token = user_token(hub, user)
@@ -274,6 +274,8 @@ def test_bad_input_is_refused_quickly_with_its_reason(stack: tuple[Hub, BrokerPr
     assert time.monotonic() - started < 60
     assert "ended before its notebook started: FAILED (NonZeroExitCode), exit code 3:0" in message
     assert "module python/9 not found" in message
+    home = __import__("pwd").getpwnam("btslurm1").pw_dir
+    assert f"its output ({home}/jupyterhub_slurmspawner_" in message  # where the rest of it is
     assert broker.client.tunnels() == []
 
 
