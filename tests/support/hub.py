@@ -32,7 +32,58 @@ def ensure_user(name: str) -> None:
         subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", name], check=True)
 
 
-class Hub:
+class HubClient:
+    """A running JupyterHub, seen from outside: its API through its proxy (as the service ``token``
+    authenticates), its spawn progress and the proxy's routes."""
+
+    def __init__(self, port: int, token: str, proxy_api_port: int, proxy_token: str) -> None:
+        self.port, self.token = port, token
+        self.proxy_api_port, self.proxy_token = proxy_api_port, proxy_token
+
+    def api(self, method: str, path: str, body: Any = None, token: str | None = None) -> tuple[int, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data, method=method)
+        req.add_header("Authorization", f"token {token or self.token}")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                raw = resp.read()
+                return resp.status, json.loads(raw) if raw.strip().startswith((b"{", b"[")) else raw
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            try:
+                return exc.code, json.loads(raw)
+            except ValueError:
+                return exc.code, raw
+
+    def progress(self, user: str, timeout: float = 120) -> list[dict[str, Any]]:
+        """Read the spawn progress event stream until it reports ready (or failed)."""
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/hub/api/users/{user}/server/progress")
+        req.add_header("Authorization", f"token {self.token}")
+        events: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            for raw in resp:
+                line = raw.decode().strip()
+                if line.startswith("data:"):
+                    event = json.loads(line[5:])
+                    events.append(event)
+                    if event.get("ready") or event.get("failed"):
+                        break
+                if time.monotonic() > deadline:
+                    break
+        return events
+
+    def route_target(self, user: str) -> str | None:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.proxy_api_port}/api/routes")
+        req.add_header("Authorization", f"token {self.proxy_token}")
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            routes = json.load(resp)
+        route = routes.get(f"/user/{user}") or routes.get(f"/user/{user}/")
+        return None if route is None else str(route["target"])
+
+
+
+class Hub(HubClient):
     """``jupyterhub -f <generated config>`` with the real configurable-http-proxy.
 
     By default the hub starts the proxy; a restarted hub then replaces it (JupyterHub terminates the
@@ -47,9 +98,8 @@ class Hub:
         self.procs = procs
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        self.port, self.api_port, self.proxy_api_port = free_port(), api_port or free_port(), free_port()
-        self.token = secrets.token_hex(16)
-        self.proxy_token = secrets.token_hex(16)
+        super().__init__(free_port(), secrets.token_hex(16), free_port(), secrets.token_hex(16))
+        self.api_port = api_port or free_port()
         self.batch_dir = workdir / "batch"
         (workdir / "admin.token").write_text(ADMIN_TOKEN)
         (workdir / "admin.token").chmod(0o600)
@@ -160,47 +210,6 @@ class Hub:
         assert self.proc is not None
         self.proc.signal(9)
         self.proc.wait(10)
-
-    def api(self, method: str, path: str, body: Any = None, token: str | None = None) -> tuple[int, Any]:
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data, method=method)
-        req.add_header("Authorization", f"token {token or self.token}")
-        try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                raw = resp.read()
-                return resp.status, json.loads(raw) if raw.strip().startswith((b"{", b"[")) else raw
-        except urllib.error.HTTPError as exc:
-            raw = exc.read()
-            try:
-                return exc.code, json.loads(raw)
-            except ValueError:
-                return exc.code, raw
-
-    def progress(self, user: str, timeout: float = 120) -> list[dict[str, Any]]:
-        """Read the spawn progress event stream until it reports ready (or failed)."""
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/hub/api/users/{user}/server/progress")
-        req.add_header("Authorization", f"token {self.token}")
-        events: list[dict[str, Any]] = []
-        deadline = time.monotonic() + timeout
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            for raw in resp:
-                line = raw.decode().strip()
-                if line.startswith("data:"):
-                    event = json.loads(line[5:])
-                    events.append(event)
-                    if event.get("ready") or event.get("failed"):
-                        break
-                if time.monotonic() > deadline:
-                    break
-        return events
-
-    def route_target(self, user: str) -> str | None:
-        req = urllib.request.Request(f"http://127.0.0.1:{self.proxy_api_port}/api/routes")
-        req.add_header("Authorization", f"token {self.proxy_token}")
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            routes = json.load(resp)
-        route = routes.get(f"/user/{user}") or routes.get(f"/user/{user}/")
-        return None if route is None else str(route["target"])
 
     def kill_jobs(self) -> None:
         """Kill every job the stand-in batch system started (teardown, even after a failure)."""
