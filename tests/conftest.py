@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +10,15 @@ import pytest
 
 from tests.support.processes import ProcessGroup
 from tests.support.tunnel import BrokerProcess, Pki, make_pki
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage() -> Iterator[None]:
+    """Collect reference cycles after every test, so that a finalizer's warning (an unclosed
+    socket, say) fails the test that left the object behind, not whichever test runs when the
+    collector happens to pass."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(scope="session")

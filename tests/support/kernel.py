@@ -30,10 +30,13 @@ class Kernel:
         self.session = session
 
     async def execute(self, code: str, timeout: float = 60) -> str:
-        """Run ``code``; return its text/plain result."""
+        """Run ``code``; return its text/plain result once the request is complete: its
+        ``execute_reply`` (shell channel) and its ``idle`` status (iopub) both arrived, in
+        whichever order, so that no message of this request is left for the caller to read."""
         request = execute_request(code, self.session)
         await self.ws.send_str(json.dumps(request))
         result = ""
+        replied = idle = False
         async with asyncio.timeout(timeout):
             async for message in self.ws:
                 reply = json.loads(message.data)
@@ -41,7 +44,9 @@ class Kernel:
                     continue
                 if reply["msg_type"] == "execute_result":
                     result = reply["content"]["data"]["text/plain"]
-                if reply["msg_type"] == "status" and reply["content"]["execution_state"] == "idle" and result:
+                replied = replied or reply["msg_type"] == "execute_reply"
+                idle = idle or (reply["msg_type"] == "status" and reply["content"]["execution_state"] == "idle")
+                if replied and idle:
                     break
         return result
 
