@@ -237,7 +237,7 @@ class Connection:
         if stream is None or not stream.recv_open or self.state is State.CLOSED:
             return
         before = stream.recv.size
-        increment = stream.recv.acknowledge(length, self.settings.session_window - streams.recv_windows)
+        increment = stream.recv.acknowledge(length, streams.growth_headroom())
         streams.recv_windows += stream.recv.size - before
         if increment:
             streams.window_update(stream, increment)

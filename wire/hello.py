@@ -42,8 +42,9 @@ class Settings:
         features: optional features this side supports.
         software: a free-form product string, for logs.
         session_window: not announced, local policy: the most the receive windows of all streams
-            of a session may add up to. Window growth stops at it, and a new stream that would pass
-            it is refused; so a session never holds more than this of data the peer sent.
+            of a session may add up to. Window growth stops a quarter short of it (kept for new
+            streams), and a new stream that would pass it is refused; so a session never holds more
+            than this of data the peer sent.
     """
 
     initial_window: int = 256 * 1024

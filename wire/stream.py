@@ -33,6 +33,9 @@ from .output import Output
 from .replay import ReplayBuffer
 from .windows import ReceiveWindow, SendWindow
 
+NEW_STREAM_SHARE = 4
+"""Window growth stops ``1 / NEW_STREAM_SHARE`` of the session budget short of it (docs/protocol.md §5.3)."""
+
 
 class Stream:
     """One stream's state. Offsets count DATA bytes from the stream's start."""
@@ -124,6 +127,13 @@ class Streams:
     def over_budget(self) -> bool:
         """A new stream's receive window would pass the session's budget."""
         return self.recv_windows + self.settings.initial_window > self.settings.session_window
+
+    def growth_headroom(self) -> int:
+        """How much auto-tuning may still grow the receive windows: the budget less the share of it
+        kept for new streams (a quarter: 64 initial windows by default), so that bulk streams that
+        grew to their ceiling never leave a notebook unable to open its next connection."""
+        budget = self.settings.session_window
+        return budget - budget // NEW_STREAM_SHARE - self.recv_windows
 
     def lookup(self, stream_id: int, type_: FrameType) -> Stream | None:
         """The live stream; None if it existed and is closed (frames racing a reset are ignored).

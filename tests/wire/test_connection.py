@@ -330,6 +330,26 @@ def test_the_session_budget_refuses_streams_past_it_and_caps_window_growth() -> 
     assert p.agent.send_credit(sids[0]) > 64 * KIB
 
 
+def test_grown_windows_leave_room_for_new_streams() -> None:
+    """Bulk streams that grew to their ceiling must not keep a notebook from opening its next
+    connection: growth stops a quarter of the budget short of it, which new streams may use."""
+    budget = 1024 * KIB
+    p = Pair(broker=Settings(initial_window=64 * KIB, max_window=1024 * KIB, session_window=budget),
+             agent=Settings(initial_window=64 * KIB, max_window=1024 * KIB, session_window=budget))
+    bulk = p.agent.open_stream(1)
+    p.pump()
+    consume(p, bulk, 64 * 64 * KIB)
+    assert p.broker.receive_windows == budget * 3 // 4  # it grew as far as it may
+    # Four more streams fit beside it, from either side; the budget is still never passed.
+    sids = [p.agent.open_stream(1) for _ in range(2)] + [p.broker.open_stream(80) for _ in range(2)]
+    p.pump()
+    assert not [e for e in p.take("agent") + p.take("broker") if isinstance(e, StreamReset)]
+    assert p.broker.receive_windows == budget
+    assert sorted(p.broker.stream_ids()) == sorted([bulk, *sids])
+    consume(p, bulk, 16 * 64 * KIB)
+    assert p.broker.receive_windows == budget
+
+
 def consume(p: Pair, sid: int, size: int) -> None:
     """The agent sends ``size`` bytes on ``sid`` in 64 KiB pieces; the broker delivers and acknowledges each."""
     for _ in range(size // (64 * KIB)):
