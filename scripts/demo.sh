@@ -101,6 +101,8 @@ export SLURM_CONF
 mkdir -p "$STATE" && chmod 700 "$STATE"
 for user in $USERS; do id "$user" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash "$user"; done
 [ -f "$STATE/password" ] || (umask 077; .venv/bin/python -c 'import secrets; print(secrets.token_urlsafe(9))' > "$STATE/password")
+# The admin logs in with a password of its own (JupyterHub wants 32 characters or more for it).
+[ -f "$STATE/admin-password" ] || (umask 077; .venv/bin/python -c 'import secrets; print(secrets.token_urlsafe(24))' > "$STATE/admin-password")
 for secret in proxy.token hub-admin.token; do
     [ -f "$STATE/$secret" ] || (umask 077; .venv/bin/python -c 'import secrets; print(secrets.token_hex(32))' > "$STATE/$secret")
 done
@@ -141,6 +143,7 @@ c.JupyterHub.db_url = "sqlite:///$STATE/jupyterhub.sqlite"
 c.JupyterHub.cookie_secret_file = "$STATE/cookie_secret"
 c.JupyterHub.authenticator_class = "shared-password"
 c.SharedPasswordAuthenticator.user_password = open("$STATE/password").read().strip()
+c.SharedPasswordAuthenticator.admin_password = open("$STATE/admin-password").read().strip()
 c.Authenticator.allow_all = True
 c.JupyterHub.spawner_class = "slurm-tunnel"
 c.Spawner.env_keep = ["PATH", "LANG", "LC_ALL", "SLURM_CONF"]
@@ -174,7 +177,8 @@ fi
 cat <<MSG
 batchtunnel demo is up: JupyterHub on a Slurm cluster whose compute node accepts no inbound connections.
   open        http://127.0.0.1:$HUB_PORT   (from elsewhere: ssh -L $HUB_PORT:127.0.0.1:$HUB_PORT <this machine>)
-  log in as   $(echo $USERS | sed 's/ / or /')   password: $(cat "$STATE/password")
+  log in as   $(echo $USERS | sed "s/$ADMIN //; s/ / or /")   password: $(cat "$STATE/password")
+              $ADMIN (the admin)   password: $(cat "$STATE/admin-password")
   the node    btnode1 (10.213.7.2), firewall: scripts/slurm-cluster.sh status
   logs        $STATE/{jupyterhub,proxy,broker}.log, /var/lib/batchtunnel-cluster/slurm*.log
   status      http://127.0.0.1:$HUB_PORT/services/batchtunnel-status/   (as $ADMIN, the demo's admin)

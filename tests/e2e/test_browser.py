@@ -7,12 +7,11 @@ from the page, stop the server from the hub's home page. Screenshots: artifacts/
 from __future__ import annotations
 
 import shutil
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.support.browser import CHROMIUM_ARGS, Shots, run_cell, wait_for, watch_kernel_info_reply
 from tests.support.hub import ROOT, Hub, ensure_user
 from tests.support.processes import wait_until
 from tests.support.tunnel import BrokerProcess
@@ -25,9 +24,6 @@ pytestmark = [
 ]
 
 ARTIFACTS = ROOT / "artifacts" / "browser"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--no-first-run", "--disable-component-update",
-                 "--disable-sync"]
 
 
 def test_log_in_choose_options_run_a_cell_and_stop(stack: tuple[Hub, BrokerProcess], tmp_path: Path) -> None:
@@ -40,11 +36,7 @@ def test_log_in_choose_options_run_a_cell_and_stop(stack: tuple[Hub, BrokerProce
     shutil.rmtree(home / ".jupyter" / "lab" / "workspaces", ignore_errors=True)
     for old in home.glob("Untitled*.ipynb"):
         old.unlink()
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    shots = iter(range(1, 100))
-
-    def shot(page, name: str) -> None:  # type: ignore[no-untyped-def]
-        page.screenshot(path=str(ARTIFACTS / f"{next(shots):02d}-{name}.png"))
+    shot = Shots(ARTIFACTS)
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
@@ -74,22 +66,12 @@ def test_log_in_choose_options_run_a_cell_and_stop(stack: tuple[Hub, BrokerProce
             page.goto(f"http://127.0.0.1:{hub.port}/user/btbrowser/lab?reset")
             page.wait_for_selector('.jp-LauncherCard[data-category="Notebook"]:visible', timeout=60_000)
 
-            # JupyterLab drops a cell run asked for before the notebook's kernel connection has had
-            # its kernel_info_reply (the run is cleared, the prompt stays "[ ]"), with or without the
-            # tunnel: seen in 3 of 12 runs straight after a notebook opened, and in 0 of 20 once the
-            # runs waited for that reply. The execution indicator says "idle" before then, so wait
-            # for the reply itself on the kernel's WebSocket.
+            # Cells run before the kernel connection's kernel_info_reply are dropped: wait for it.
             kernel_ready = watch_kernel_info_reply(page)
             page.locator('.jp-LauncherCard[data-category="Notebook"]:visible').first.click()
             page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"]', timeout=60_000)
             wait_for(page, kernel_ready.is_set, 60, "the notebook's kernel connection to be ready")
-            editor = page.locator(".jp-Cell .cm-content").first
-            editor.click()
-            page.wait_for_selector(".cm-editor.cm-focused")
-            page.keyboard.type("print(sum(range(1, 101)))")
-            expect(editor).to_contain_text("print(sum(range(1, 101)))")
-            page.keyboard.press("Shift+Enter")
-            expect(page.locator(".jp-OutputArea-output").first).to_contain_text("5050", timeout=30_000)
+            run_cell(page, "print(sum(range(1, 101)))", "5050")
             shot(page, "cell-output")
 
             page.goto(f"http://127.0.0.1:{hub.port}/hub/home")
@@ -103,29 +85,3 @@ def test_log_in_choose_options_run_a_cell_and_stop(stack: tuple[Hub, BrokerProce
         finally:
             browser.close()
     wait_until(lambda: broker.client.tunnels() == [], 30, "the tunnel to be deleted after the stop")
-
-
-def watch_kernel_info_reply(page):  # type: ignore[no-untyped-def]
-    """An event set once a kernel WebSocket of ``page`` has received a kernel_info_reply."""
-    seen = threading.Event()
-
-    def on_websocket(ws):  # type: ignore[no-untyped-def]
-        if "/channels" in ws.url:
-            ws.on("framereceived", lambda payload: seen.set() if _is_kernel_info_reply(payload) else None)
-
-    page.on("websocket", on_websocket)
-    return seen
-
-
-def _is_kernel_info_reply(payload: str | bytes) -> bool:
-    raw = payload.encode() if isinstance(payload, str) else payload
-    return b'"kernel_info_reply"' in raw
-
-
-def wait_for(page, condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    """Wait for ``condition`` while letting Playwright deliver its events (it does so only inside calls)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        page.wait_for_timeout(50)

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.browser import CHROMIUM_ARGS
 from tests.support.hub import Hub, ensure_user
 from tests.support.processes import ProcessGroup, free_port
 from tests.support.tunnel import BrokerProcess, Pki
 
 from .conftest import HUB_SIDE, REQUIREMENTS, empty_queue
-from .test_browser import ARTIFACTS, CHROMIUM_ARGS
+from .test_browser import ARTIFACTS
 from .test_slurm import spawn
 
 pytestmark = [
