@@ -184,6 +184,13 @@ class ConnectToJobMixin(_SpawnerBase):
             await self.stop(now=True)
             return 1
         status: int | None = await super().poll()
+        if status is not None and connect is not None:
+            # The job is gone (cancelled, out of time, its node failed). JupyterHub does not call
+            # stop() for a server poll() finds ended: the connect step would run on for nothing.
+            self.log.info("Job of %s ended; stopping its connect-to-job command", self.user.name)
+            await connect.terminate(self.connect_stop_timeout)
+            self._connect = None
+            self.connect_pid = 0
         return status
 
     async def _restart_connect(self, reason: str) -> str:

@@ -127,9 +127,29 @@ class ResourceOptionsMixin(Configurable):
     ).tag(config=True)
 
     def option_limits(self) -> Limits:
-        return Limits(self.options_cores_max, self.options_memory_max_gb, self.options_runtime_max_minutes,
+        """The form's limits and starting values. The admin's batchspawner settings (req_nprocs,
+        req_memory, req_runtime, req_ngpus, req_partition/req_queue) are the starting values where
+        options_defaults does not say otherwise, and always within the limits."""
+        admin = self.admin_defaults()
+        return Limits(max(self.options_cores_max, admin.get("cores", 0)),
+                      max(self.options_memory_max_gb, admin.get("memory_gb", 0)),
+                      max(self.options_runtime_max_minutes, admin.get("runtime_minutes", 0)),
                       self.options_gpus_max, list(self.options_partitions), dict(self.options_environments),
-                      dict(self.options_defaults))
+                      {**admin, **self.options_defaults})
+
+    def admin_defaults(self) -> dict[str, Any]:
+        """The admin's req_* settings in the form's units, for those that parse (and a partition only
+        if the form offers it)."""
+        found: dict[str, Any] = {}
+        parsed = {"cores": _integer(getattr(self, "req_nprocs", "")),
+                  "memory_gb": memory_gb(getattr(self, "req_memory", "")),
+                  "runtime_minutes": runtime_minutes(getattr(self, "req_runtime", "")),
+                  "gpus": _integer(getattr(self, "req_ngpus", "")) if self.options_gpus_max else None}
+        found.update({key: value for key, value in parsed.items() if value})
+        partition = getattr(self, "req_partition", "") or getattr(self, "req_queue", "")
+        if partition in self.options_partitions:
+            found["partition"] = partition
+        return found
 
     @default("options_form")
     def _options_form_default(self) -> str:
@@ -164,15 +184,24 @@ class ResourceOptionsMixin(Configurable):
         return self.format_resources(choice)
 
     def format_resources(self, choice: Choice) -> dict[str, Any]:
-        """batchspawner template variables (Slurm spelling; other backends override)."""
+        """batchspawner template variables (Slurm spelling; other backends override).
+
+        A value equal to what the admin configured (req_*) leaves the admin's own spelling in place,
+        and a field the form does not show (GPUs when options_gpus_max is 0) changes nothing: the
+        form never blanks or rewrites what the admin set, e.g. a req_gres or req_memory = "512M"."""
         hours, minutes = divmod(choice.runtime_minutes, 60)
         variables: dict[str, Any] = {
             "nprocs": str(choice.cores),
             "memory": f"{choice.memory_gb}G",
             "runtime": f"{hours:02d}:{minutes:02d}:00",
-            "ngpus": str(choice.gpus) if choice.gpus else "",
-            "gres": f"gpu:{choice.gpus}" if choice.gpus else "",
         }
+        if self.options_gpus_max:
+            variables["ngpus"] = str(choice.gpus) if choice.gpus else ""
+            variables["gres"] = f"gpu:{choice.gpus}" if choice.gpus else ""
+        admin = self.admin_defaults()
+        for key, variable in (("cores", "nprocs"), ("memory_gb", "memory"), ("runtime_minutes", "runtime")):
+            if key in admin and admin[key] == getattr(choice, key):
+                del variables[variable]
         if choice.partition:
             variables["partition"] = variables["queue"] = choice.partition
         if choice.environment:
@@ -180,6 +209,41 @@ class ResourceOptionsMixin(Configurable):
             existing = getattr(self, "req_prologue", "")
             variables["prologue"] = f"{existing}\n{prologue}" if existing else prologue
         return variables
+
+
+def memory_gb(text: str) -> int | None:
+    """A batch system's memory size ("4G", "4gb", "4000M", "4096MB", "2T"; no unit: MB, as Slurm
+    reads it) in whole GB, rounded up; None if it does not parse."""
+    text = str(text).strip().upper().removesuffix("B")
+    scale = {"K": 1 / 1024 / 1024, "M": 1 / 1024, "G": 1, "T": 1024}
+    unit = text[-1:] if text[-1:] in scale else "M"
+    number = _integer(text[:-1] if text[-1:] in scale else text)
+    if not number:
+        return None
+    return max(1, -int(-number * scale[unit] // 1))
+
+
+def runtime_minutes(text: str) -> int | None:
+    """A batch system's runtime ("MM", "HH:MM:SS", "D-HH:MM:SS", "D-HH") in whole minutes, rounded
+    up; None if it does not parse."""
+    text = str(text).strip()
+    days, _, clock = text.rpartition("-") if "-" in text else ("0", "", text)
+    parts = clock.split(":")
+    numbers = [_integer(p) for p in [days, *parts]]
+    if not text or any(n is None for n in numbers) or len(parts) > 3:
+        return None
+    d, *rest = [n or 0 for n in numbers]
+    if "-" in text:  # D-HH, D-HH:MM, D-HH:MM:SS
+        rest += [0] * (3 - len(rest))
+        hours, minutes, seconds = rest
+    elif len(rest) == 1:  # MM
+        hours, minutes, seconds = 0, rest[0], 0
+    elif len(rest) == 2:  # MM:SS
+        hours, minutes, seconds = 0, rest[0], rest[1]
+    else:
+        hours, minutes, seconds = rest
+    total = d * 1440 + hours * 60 + minutes + (1 if seconds else 0)
+    return total or None
 
 
 def _number(name: str, label: str, value: int, low: int, high: int) -> str:

@@ -68,7 +68,8 @@ class TorqueTunnelSpawner(BrokerTunnelMixin, TorqueSpawner):
 
     def format_resources(self, choice: Choice) -> dict[str, Any]:
         variables = super().format_resources(choice)
-        variables["memory"] = f"{choice.memory_gb}gb"  # PBS spelling
+        if "memory" in variables:  # not when it is the admin's own req_memory
+            variables["memory"] = f"{choice.memory_gb}gb"  # PBS spelling
         return variables
 
 
@@ -77,7 +78,8 @@ class PBSTunnelSpawner(BrokerTunnelMixin, PBSSpawner):
 
     def format_resources(self, choice: Choice) -> dict[str, Any]:
         variables = super().format_resources(choice)
-        variables["memory"] = f"{choice.memory_gb}gb"
+        if "memory" in variables:
+            variables["memory"] = f"{choice.memory_gb}gb"
         return variables
 
 

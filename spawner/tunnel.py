@@ -141,6 +141,7 @@ class BrokerTunnelMixin(ResourceOptionsMixin, ConnectToJobMixin):
     async def create_tunnel(self) -> None:
         if not self.broker_url:
             raise ConfigurationError("batchtunnel: set broker_url (wss://HOST:PORT/agent) in the spawner config")
+        await self.delete_tunnel()  # one left by a server that ended without stop(): never leak it
         created = await self._broker("create_tunnel", self.user.name,
                                      self.tunnel_lifetime or None)
         self.tunnel_id, self._agent_token = created["id"], created["token"]
@@ -264,6 +265,14 @@ class BrokerTunnelMixin(ResourceOptionsMixin, ConnectToJobMixin):
         finally:
             await self.delete_tunnel()
 
+    async def poll(self) -> int | None:
+        """As batchspawner's; a job found gone (cancelled, out of time) takes its tunnel with it, since
+        JupyterHub does not call stop() for a server poll() finds ended."""
+        status: int | None = await super().poll()
+        if status is not None and self.tunnel_id:
+            await self.delete_tunnel()
+        return status
+
     async def agent_connected(self) -> bool:
         if not self.tunnel_id:
             return False
@@ -316,5 +325,5 @@ class BrokerTunnelMixin(ResourceOptionsMixin, ConnectToJobMixin):
 
     def clear_state(self) -> None:
         super().clear_state()
-        # The tunnel id stays until stop() deleted the tunnel: clear_state also runs when poll()
-        # finds the job gone, and the tunnel must still be deleted then.
+        # The tunnel id stays until the tunnel is deleted (by stop(), or by poll() once the job is
+        # gone): batchspawner's poll() calls clear_state before ours can delete it.

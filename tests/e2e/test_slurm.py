@@ -320,3 +320,39 @@ async def test_strict_firewall_needs_only_the_broker_port(strict_stack: tuple[Hu
     assert await execute(hub, "btslurm1", token, "6*7") == "42"
     hub.api("DELETE", "/hub/api/users/btslurm1/server")
     wait_until(lambda: squeue() == "", 30, "the job to leave squeue")
+
+
+@pytest.fixture
+def polling_stack(slurm: str, procs: ProcessGroup, pki: Pki, tmp_path: Path) -> Iterator[tuple[Hub, BrokerProcess]]:
+    """A stack whose hub polls its servers every 2 s (JupyterHub's default is 30 s)."""
+    empty_queue()
+    broker = BrokerProcess(procs, pki, tmp_path / "broker", listen_host=HUB_SIDE, public_host=HUB_SIDE)
+    hub = Hub(procs, tmp_path / "hub", broker, backend="real-slurm", hub_ip=HUB_SIDE, poll_interval=2)
+    yield hub, broker
+    hub.api("DELETE", "/hub/api/users/btslurm9/server")
+    subprocess.run(["scancel", "--partition=debug"], capture_output=True)
+    empty_queue()
+
+
+def test_a_job_cancelled_from_outside_takes_its_tunnel_and_connect_step(
+        polling_stack: tuple[Hub, BrokerProcess]) -> None:
+    """JupyterHub does not call stop() for a server its poll() finds ended: the tunnel and the connect
+    step must go with the job all the same, or every job lost this way leaves a tunnel at the broker."""
+    hub, broker = polling_stack
+    assert spawn(hub, "btslurm9")[-1].get("ready")
+    (tunnel,) = broker.client.tunnels()
+    (job,) = [line.split()[0] for line in squeue().splitlines() if "btslurm9" in line]
+
+    def connect_steps() -> list[str]:
+        found = subprocess.run(["pgrep", "-f", f"connect --tunnel {tunnel['id']}"], capture_output=True, text=True)
+        return found.stdout.split()
+
+    assert connect_steps()
+    subprocess.run(["scancel", job], check=True)
+    wait_until(lambda: not hub.api("GET", "/hub/api/users/btslurm9")[1]["servers"], 30,
+               "the hub's poll to find the server ended")
+    # The connect step's own check would only notice after its grace (60 s): this is the poll's doing.
+    wait_until(lambda: broker.client.tunnels() == [], 10, "the tunnel to be deleted")
+    wait_until(lambda: connect_steps() == [], 10, "the connect step to be stopped")
+    assert hub.proc is not None
+    assert f"Tunnel {tunnel['id']} deleted" in hub.proc.log()

@@ -96,3 +96,44 @@ def test_form_data_and_batch_variables() -> None:
     assert torque.validated_options()["memory"] == "8gb"
     with pytest.raises(OptionsError):
         s.options_from_form({"cores": ["400"]})
+
+
+@pytest.mark.parametrize("text, gb", [("4G", 4), ("4gb", 4), ("4000M", 4), ("4096MB", 4), ("512M", 1), ("2T", 2048),
+                                      ("8000", 8), ("", None), ("lots", None), ("-4G", None)])
+def test_memory_sizes_as_batch_systems_write_them(text: str, gb: int | None) -> None:
+    from batchtunnel.spawner.options import memory_gb
+
+    assert memory_gb(text) == gb
+
+
+@pytest.mark.parametrize("text, minutes", [("90", 90), ("01:30:00", 90), ("1-00:00:00", 1440), ("2-12", 3600),
+                                           ("00:00:30", 1), ("10:30", 11), ("", None), ("1:2:3:4", None),
+                                           ("soon", None)])
+def test_runtimes_as_batch_systems_write_them(text: str, minutes: int | None) -> None:
+    from batchtunnel.spawner.options import runtime_minutes
+
+    assert runtime_minutes(text) == minutes
+
+
+def test_the_admins_req_settings_are_the_forms_defaults_and_are_never_blanked() -> None:
+    """batchspawner's contract: an admin's req_* are the starting point; a user who changes nothing
+    gets exactly what the admin configured (a req_gres the form does not show included)."""
+    admin = {"req_nprocs": "4", "req_memory": "512M", "req_runtime": "02:00:00", "req_gres": "gpu:a100:1",
+             "req_partition": "gpu", "options_gpus_max": 0, "options_environments": {}}
+    s = spawner(**admin)
+    form = s.options_form
+    assert 'id="bt-cores" name="cores" value="4"' in form and 'value="gpu" selected' in form
+    s.user_options = s.options_from_form({})  # the form, sent unchanged
+    assert s.validated_options() == {"partition": "gpu", "queue": "gpu"}
+    # batchspawner fills the script's variables from req_* first; nothing above replaces them.
+    assert (s.req_nprocs, s.req_memory, s.req_runtime, s.req_gres) == ("4", "512M", "02:00:00", "gpu:a100:1")
+    s.user_options = {}  # through the REST API without options
+    assert "memory" not in s.validated_options()
+    # A change is the user's: it replaces the admin's value, within limits that include it.
+    s.user_options = s.options_from_form({"cores": ["2"], "memory_gb": ["3"]})
+    assert s.validated_options()["nprocs"] == "2" and s.validated_options()["memory"] == "3G"
+    big = spawner(req_nprocs="32", options_cores_max=8)
+    assert big.option_limits().cores_max == 32
+    torque = spawner(TorqueTunnelSpawner, req_memory="8gb")
+    torque.user_options = {}
+    assert "memory" not in torque.validated_options()
