@@ -15,6 +15,7 @@ from .spawners import (
     CondorTunnelSpawner,
     GridEngineTunnelSpawner,
     LsfTunnelSpawner,
+    MoabTunnelSpawner,
     PBSTunnelSpawner,
     SlurmTunnelSpawner,
     TorqueTunnelSpawner,
@@ -25,6 +26,6 @@ port_report.install()
 
 __all__ = [
     "BrokerTunnelMixin", "CondorTunnelSpawner", "ConnectToJobError", "ConnectToJobMixin", "OptionsError",
-    "GridEngineTunnelSpawner", "LsfTunnelSpawner", "PBSTunnelSpawner", "SlurmTunnelSpawner",
+    "GridEngineTunnelSpawner", "LsfTunnelSpawner", "MoabTunnelSpawner", "PBSTunnelSpawner", "SlurmTunnelSpawner",
     "TorqueTunnelSpawner",
 ]

@@ -7,6 +7,7 @@ Registered under the ``jupyterhub.spawners`` entry point, so
 |------------------|-------------------------|--------------------------|
 | slurm-tunnel     | SlurmTunnelSpawner      | Slurm                    |
 | torque-tunnel    | TorqueTunnelSpawner     | Torque                   |
+| moab-tunnel      | MoabTunnelSpawner       | Moab (over Torque)       |
 | pbs-tunnel       | PBSTunnelSpawner        | PBS Pro / OpenPBS        |
 | lsf-tunnel       | LsfTunnelSpawner        | IBM Spectrum LSF         |
 | gridengine-tunnel| GridEngineTunnelSpawner | (Son of / Univa) Grid Engine |
@@ -21,7 +22,15 @@ import re
 import stat
 from typing import Any
 
-from batchspawner import CondorSpawner, GridengineSpawner, LsfSpawner, PBSSpawner, SlurmSpawner, TorqueSpawner
+from batchspawner import (
+    CondorSpawner,
+    GridengineSpawner,
+    LsfSpawner,
+    MoabSpawner,
+    PBSSpawner,
+    SlurmSpawner,
+    TorqueSpawner,
+)
 from batchspawner.batchspawner import format_template
 from traitlets import Unicode
 
@@ -73,6 +82,10 @@ class TorqueTunnelSpawner(BrokerTunnelMixin, TorqueSpawner):
         return variables
 
 
+class MoabTunnelSpawner(TorqueTunnelSpawner, MoabSpawner):
+    """MoabSpawner through the broker: Moab's commands (msub, mdiag, mjobctl), Torque's script."""
+
+
 class PBSTunnelSpawner(BrokerTunnelMixin, PBSSpawner):
     """PBSSpawner through the broker."""
 
@@ -96,7 +109,7 @@ class CondorTunnelSpawner(BrokerTunnelMixin, CondorSpawner):
 
 
 __all__ = [
-    "CondorTunnelSpawner", "GridEngineTunnelSpawner", "LsfTunnelSpawner", "PBSTunnelSpawner",
+    "CondorTunnelSpawner", "GridEngineTunnelSpawner", "LsfTunnelSpawner", "MoabTunnelSpawner", "PBSTunnelSpawner",
     "SlurmTunnelSpawner", "TorqueTunnelSpawner",
 ]
 

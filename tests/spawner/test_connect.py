@@ -21,6 +21,7 @@ from batchtunnel.spawner import (
     ConnectToJobMixin,
     GridEngineTunnelSpawner,
     LsfTunnelSpawner,
+    MoabTunnelSpawner,
     PBSTunnelSpawner,
     SlurmTunnelSpawner,
     TorqueTunnelSpawner,
@@ -29,7 +30,7 @@ from batchtunnel.spawner.background import _group_alive
 
 from tests.support.processes import BIN, ProcessGroup, free_port, port_open, wait_until
 
-BACKENDS = [SlurmTunnelSpawner, TorqueTunnelSpawner, PBSTunnelSpawner, LsfTunnelSpawner,
+BACKENDS = [SlurmTunnelSpawner, TorqueTunnelSpawner, MoabTunnelSpawner, PBSTunnelSpawner, LsfTunnelSpawner,
             GridEngineTunnelSpawner, CondorTunnelSpawner]
 
 
@@ -58,6 +59,14 @@ def test_rendering_for_every_backend(cls: type, template: str, expected: str) ->
     else:
         assert port == 8888
     assert command == expected.replace("{P}", str(port))
+
+
+def test_moab_uses_moabs_commands_and_torques_script() -> None:
+    moab = MoabTunnelSpawner(user=user())
+    assert (moab.batch_submit_cmd, moab.batch_cancel_cmd) == ("msub", "mjobctl -c {job_id}")
+    assert moab.batch_script == TorqueTunnelSpawner(user=user()).batch_script
+    moab.user_options = {"memory_gb": 8}
+    assert moab.validated_options()["memory"] == "8gb"
 
 
 def test_values_are_shell_quoted_and_unknown_variables_refused() -> None:
