@@ -189,14 +189,15 @@ class BrokerTunnelMixin(ResourceOptionsMixin, ConnectToJobMixin):
         batch system's reason, and its tunnel is deleted."""
         self._submitted_job = ""
         # batchspawner stops watching the job once it is RUNNING and then only waits for the port:
-        # a job that dies in between would hang the spawn until start_timeout. Keep watching it.
+        # a job that dies in between would hang the spawn until start_timeout. Watch it from then on
+        # (before, batchspawner's own loop queries the batch system: one query per look, not two).
         starting = asyncio.ensure_future(super().start())  # owned here: awaited or cancelled below
         try:
             while True:
                 done, _ = await asyncio.wait({starting}, timeout=max(1.0, self.startup_poll_interval))
                 if done:
                     return starting.result()
-                if self._submitted_job and await self._job_gone():
+                if self._submitted_job and self.state_isrunning() and await self._job_gone():
                     break
         except RuntimeError as exc:  # batchspawner's own "job has disappeared"
             if not self._submitted_job or "disappeared" not in str(exc):

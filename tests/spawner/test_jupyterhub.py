@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 import re
 import time
@@ -93,6 +94,15 @@ def test_spawn_reach_the_notebook_through_the_broker_and_stop(
 
     stop(hub, "btalice", broker)
     assert not port_open(exposure["port"])
+
+    # While the job was pending, one loop asked the batch system (batchspawner's, every
+    # startup_poll_interval = 0.2 s), not two: a scheduler's query load is what admins watch.
+    queries = [line.split() for line in (hub.batch_dir / "queries.log").read_text().splitlines()]
+    pending = [float(t) for t, j, state in queries if j == job and state == "pending"]
+    gaps = [b - a for a, b in itertools.pairwise(pending)]
+    assert len(pending) >= 5 and min(gaps) >= 0.19, (len(pending), sorted(gaps)[:3])
+    print(f"status queries for job {job}: {len([q for q in queries if q[1] == job])} "
+          f"({len(pending)} while pending 2 s)")
 
 
 def test_port_report_accepts_only_the_port(procs: ProcessGroup, broker: BrokerProcess, tmp_path: Path) -> None:

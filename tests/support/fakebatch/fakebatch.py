@@ -64,8 +64,17 @@ def _pid(job: str) -> int | None:
     return pid
 
 
+def log_query(job: str) -> None:
+    """One line per status query (time, job, state), for tests that count what a spawn asks."""
+    started = (STATE / f"{job.split('.')[0]}.started").exists()
+    state = "gone" if _pid(job) is None else "running" if started else "pending"
+    with open(STATE / "queries.log", "a") as f:
+        f.write(f"{time.monotonic():.3f} {job.split('.')[0]} {state}\n")
+
+
 def squeue(args: list[str]) -> int:
     job = args[args.index("-j") + 1]
+    log_query(job)
     if _pid(job) is None:
         return 0  # finished or unknown: nothing listed
     if (STATE / f"{job}.started").exists():
@@ -77,6 +86,7 @@ def squeue(args: list[str]) -> int:
 
 def qstat(args: list[str]) -> int:
     job = args[-1]
+    log_query(job)
     if _pid(job) is None:
         state, host = "C", ""
     else:
