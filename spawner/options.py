@@ -10,10 +10,12 @@ an admin's partition name, an admin's environment prologue.
 from __future__ import annotations
 
 import html
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from traitlets import Bool, Dict, Integer, List, Unicode, default
+from traitlets import Bool, Dict, Integer, List, TraitError, Unicode, default
+from traitlets import validate as trait_validate
 from traitlets.config import Configurable
 
 from ..wire import OptionsError
@@ -28,6 +30,7 @@ class Limits:
     partitions: list[str] = field(default_factory=list)
     environments: dict[str, str] = field(default_factory=dict)
     defaults: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, str] = field(default_factory=dict)  # name -> regular expression the value must match
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class Choice:
     gpus: int
     partition: str
     environment: str
+    extra: dict[str, str] = field(default_factory=dict)  # the admin's extra options the user set
 
 
 NUMBERS = {
@@ -50,6 +54,11 @@ NUMBERS = {
 }
 NAMES = {"partition": "partitions", "environment": "environments"}
 FALLBACK = {"cores": 1, "memory_gb": 2, "runtime_minutes": 60, "gpus": 0}
+RESERVED = {*NUMBERS, *NAMES, "nprocs", "memory", "runtime", "ngpus", "gres", "queue", "cmd", "username",
+            "homedir", "keepvars", "keepvars_extra", "prologue", "epilogue", "options", "srun", "host"}
+"""Names an extra option may not take: the form's own fields, and batchspawner's template variables
+that carry commands or the script's frame (``options`` is a free-form line of batch directives)."""
+EXTRA_MAX = 128
 
 
 def validate(raw: dict[str, Any] | None, limits: Limits) -> Choice:
@@ -59,7 +68,8 @@ def validate(raw: dict[str, Any] | None, limits: Limits) -> Choice:
         OptionsError: naming every bad field, e.g. "cores: 64 is more than the 16 allowed".
     """
     raw = dict(raw or {})
-    problems = [f"unknown option {key!r}" for key in sorted(set(raw) - set(NUMBERS) - set(NAMES))]
+    known = {*NUMBERS, *NAMES, *limits.extra}
+    problems = [f"unknown option {str(key)[:40]!r}" for key in sorted(set(raw) - known, key=str)]
     values: dict[str, Any] = {}
     for key, (limit_name, low, unit) in NUMBERS.items():
         high = getattr(limits, limit_name)
@@ -85,9 +95,20 @@ def validate(raw: dict[str, Any] | None, limits: Limits) -> Choice:
             problems.append(f"{key}: {str(value)[:40]!r} is not one of: {', '.join(allowed)}")
         else:
             values[key] = value
+    extra: dict[str, str] = {}
+    for key, pattern in limits.extra.items():
+        value = raw.get(key, limits.defaults.get(key, ""))
+        if value in ("", None):
+            continue
+        if not isinstance(value, str) or len(value) > EXTRA_MAX or not value.isprintable():
+            problems.append(f"{key}: {str(value)[:40]!r} is not a line of at most {EXTRA_MAX} printable characters")
+        elif not re.fullmatch(pattern, value):
+            problems.append(f"{key}: {value[:40]!r} is not allowed here")
+        else:
+            extra[key] = value
     if problems:
         raise OptionsError("Invalid spawn options: " + "; ".join(problems))
-    return Choice(**values)
+    return Choice(**values, extra=extra)
 
 
 def _integer(value: Any) -> int | None:
@@ -125,6 +146,32 @@ class ResourceOptionsMixin(Configurable):
     options_defaults = Dict(
         help='Initial values of the form, e.g. {"cores": 2, "memory_gb": 4, "runtime_minutes": 120}.',
     ).tag(config=True)
+    options_extra = Dict(
+        value_trait=Unicode(), default_value={},
+        help="""
+        Further options a user may set, on the form (a text field each) or through the REST API:
+        name -> a regular expression the whole value must match, e.g.
+        ``{"account": r"[a-z][a-z0-9_]{0,31}", "reservation": r"maint|training"}``. A value that matches
+        (one printable line, at most 128 characters, whatever the expression) becomes the batch
+        script's template variable of that name (``{{account}}``; batchspawner's Slurm script uses
+        ``{{reservation}}``, add the lines for the others to batch_script); an empty one leaves the
+        admin's req_* value. Names of the form's own fields and of batchspawner's command-carrying
+        variables (cmd, options, prologue, epilogue, srun, ...) are refused. Every other option a
+        user sends is refused with the form on, and ignored with it off.
+        """,
+    ).tag(config=True)
+
+    @trait_validate("options_extra")
+    def _check_extra(self, proposal: dict[str, Any]) -> dict[str, str]:
+        extra: dict[str, str] = proposal["value"]
+        for name, pattern in extra.items():
+            if not re.fullmatch(r"[a-z_][a-z0-9_]{0,31}", name) or name in RESERVED:
+                raise TraitError(f"options_extra: {name!r} cannot be an extra option (reserved or not a plain name)")
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise TraitError(f"options_extra: the expression for {name!r} does not compile: {exc}") from None
+        return extra
 
     def option_limits(self) -> Limits:
         """The form's limits and starting values. The admin's batchspawner settings (req_nprocs,
@@ -135,7 +182,7 @@ class ResourceOptionsMixin(Configurable):
                       max(self.options_memory_max_gb, admin.get("memory_gb", 0)),
                       max(self.options_runtime_max_minutes, admin.get("runtime_minutes", 0)),
                       self.options_gpus_max, list(self.options_partitions), dict(self.options_environments),
-                      {**admin, **self.options_defaults})
+                      {**admin, **self.options_defaults}, dict(self.options_extra))
 
     def admin_defaults(self) -> dict[str, Any]:
         """The admin's req_* settings in the form's units, for those that parse (and a partition only
@@ -169,12 +216,16 @@ class ResourceOptionsMixin(Configurable):
             rows.append(_select("partition", "Partition", limits.partitions, choice.partition))
         if limits.environments:
             rows.append(_select("environment", "Environment", list(limits.environments), choice.environment))
+        rows += [_text(name, choice.extra.get(name, "")) for name in limits.extra]
         return "\n".join(rows)
 
     def options_from_form(self, formdata: dict[str, list[str]]) -> dict[str, Any]:
-        raw = {key: values[0] for key, values in formdata.items() if values and key in {*NUMBERS, *NAMES}}
+        fields = {*NUMBERS, *NAMES, *self.options_extra}
+        raw = {key: values[0] for key, values in formdata.items() if values and key in fields}
         choice = validate(raw, self.option_limits())  # an error is shown on the form
-        return dict(choice.__dict__)
+        options = dict(choice.__dict__)
+        options.update(options.pop("extra"))
+        return options
 
     def validated_options(self) -> dict[str, Any]:
         """Template variables for the batch script from the (validated) user options."""
@@ -198,6 +249,7 @@ class ResourceOptionsMixin(Configurable):
         if self.options_gpus_max:
             variables["ngpus"] = str(choice.gpus) if choice.gpus else ""
             variables["gres"] = f"gpu:{choice.gpus}" if choice.gpus else ""
+        variables.update(choice.extra)
         admin = self.admin_defaults()
         for key, variable in (("cores", "nprocs"), ("memory_gb", "memory"), ("runtime_minutes", "runtime")):
             if key in admin and admin[key] == getattr(choice, key):
@@ -250,6 +302,13 @@ def _number(name: str, label: str, value: int, low: int, high: int) -> str:
     return (f'<div class="form-group"><label for="bt-{name}">{html.escape(label)} (max {high})</label>'
             f'<input class="form-control" type="number" id="bt-{name}" name="{name}" value="{value}" '
             f'min="{low}" max="{high}" step="1" required></div>')
+
+
+def _text(name: str, value: str) -> str:
+    label = name.replace("_", " ").capitalize() + " (optional)"
+    return (f'<div class="form-group"><label for="bt-{name}">{html.escape(label)}</label>'
+            f'<input class="form-control" type="text" id="bt-{name}" name="{name}" '
+            f'value="{html.escape(value, quote=True)}" maxlength="{EXTRA_MAX}"></div>')
 
 
 def _select(name: str, label: str, choices: list[str], selected: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from types import SimpleNamespace
 from typing import Any
 
@@ -137,3 +138,31 @@ def test_the_admins_req_settings_are_the_forms_defaults_and_are_never_blanked() 
     torque = spawner(TorqueTunnelSpawner, req_memory="8gb")
     torque.user_options = {}
     assert "memory" not in torque.validated_options()
+
+
+def test_extra_options_declared_by_the_admin_are_validated_and_reach_the_script() -> None:
+    s = spawner(options_extra={"account": r"[a-z][a-z0-9_]{0,31}", "reservation": "maint|training"})
+    form = s.options_form
+    assert 'name="account"' in form and 'name="reservation"' in form
+    s.user_options = s.options_from_form({"cores": ["2"], "account": ["physics_1"], "reservation": [""]})
+    variables = s.validated_options()
+    assert variables["account"] == "physics_1" and "reservation" not in variables  # empty: the admin's req_*
+    for bad, message in (({"account": "Physics"}, "account: 'Physics' is not allowed here"),
+                         ({"account": "a\n#SBATCH --uid=0"}, "is not a line of at most 128 printable"),
+                         ({"reservation": "maint; rm"}, "reservation: 'maint; rm' is not allowed"),
+                         ({"qos": "high"}, "unknown option 'qos'"),
+                         ({"account": ["x"]}, "is not a line")):
+        s.user_options = bad
+        with pytest.raises(OptionsError, match=re.escape(message)):
+            s.validated_options()
+
+
+@pytest.mark.parametrize("extra, message", [({"options": ".*"}, "'options' cannot be an extra option"),
+                                            ({"cmd": ".*"}, "'cmd' cannot"), ({"Bad-Name": ".*"}, "not a plain name"),
+                                            ({"account": "("}, "does not compile")])
+def test_extra_options_that_would_reach_commands_are_refused_at_configuration(
+        extra: dict[str, str], message: str) -> None:
+    from traitlets import TraitError
+
+    with pytest.raises(TraitError, match=re.escape(message)):
+        spawner(options_extra=extra)
