@@ -173,6 +173,10 @@ class ResourceOptionsMixin(Configurable):
                 raise TraitError(f"options_extra: the expression for {name!r} does not compile: {exc}") from None
         return extra
 
+    @default("apply_user_options")
+    def _apply_user_options_default(self) -> Any:
+        return check_user_options
+
     def option_limits(self) -> Limits:
         """The form's limits and starting values. The admin's batchspawner settings (req_nprocs,
         req_memory, req_runtime, req_ngpus, req_partition/req_queue) are the starting values where
@@ -261,6 +265,25 @@ class ResourceOptionsMixin(Configurable):
             existing = getattr(self, "req_prologue", "")
             variables["prologue"] = f"{existing}\n{prologue}" if existing else prologue
         return variables
+
+
+def check_user_options(spawner: Any, user_options: dict[str, Any]) -> None:
+    """JupyterHub's apply_user_options hook (5.3+): check the options when the spawn is asked for, so
+    that a bad one fails it at once with its reason (and JupyterHub does not log them as unhandled).
+    They reach the batch script at submission, checked again there. With the form off, none apply."""
+    from tornado import web
+
+    if not spawner.options_enabled:
+        if user_options:
+            spawner.log.info("Spawn options for %s ignored (the options form is off): %s", spawner.user.name,
+                             ", ".join(sorted(str(key)[:40] for key in user_options)))
+        return
+    try:
+        validate(user_options, spawner.option_limits())
+    except OptionsError as exc:
+        error = web.HTTPError(400, str(exc))
+        error.jupyterhub_message = str(exc)  # type: ignore[attr-defined]  # what the spawn page shows
+        raise error from None
 
 
 def memory_gb(text: str) -> int | None:

@@ -33,6 +33,14 @@ def default_connect_cmd() -> str:
     return f"{program} connect --tunnel {{tunnel_id}} --port {{port}} --rport {{rport}} --keep-exposure"
 
 
+def progress_percent(message: str) -> int:
+    """Where a progress message stands, for the spawn page's bar (JupyterHub shows 100 when ready)."""
+    for marker, percent in (("tunnel up", 80), ("waiting for its agent", 60), ("queued", 30), ("Submitting", 10)):
+        if marker in message:
+            return percent
+    return 50
+
+
 class BrokerTunnelMixin(ResourceOptionsMixin, ConnectToJobMixin):
     """Connects a batchspawner class's jobs through our broker. Put it first in the bases."""
 
@@ -287,12 +295,12 @@ class BrokerTunnelMixin(ResourceOptionsMixin, ConnectToJobMixin):
         """Spawn-page messages: submitted, queued (with the reason), running on a node, agent connected."""
         said = ""
         if self.previous_stop:
-            yield {"message": f"Your previous server stopped: {self.previous_stop}"}
+            yield {"progress": 0, "message": f"Your previous server stopped: {self.previous_stop}"}
         while True:
             message = await self.progress_message()
             if message and message != said:
                 said = message
-                yield {"message": message}
+                yield {"progress": progress_percent(message), "message": message}
             await asyncio.sleep(1)
 
     async def progress_message(self) -> str:

@@ -255,8 +255,10 @@ def node_processes() -> list[str]:
 
 def test_bad_input_is_refused_quickly_with_its_reason(stack: tuple[Hub, BrokerProcess]) -> None:
     hub, broker = stack
-    events = spawn(hub, "btslurm1", {"memory_gb": "64"})
-    assert events[-1].get("failed") and "memory_gb: 64 is more than the 2 GB" in str(events[-1]["message"])
+    ensure_user("btslurm1")
+    hub.api("POST", "/hub/api/users/btslurm1")
+    status, body = hub.api("POST", "/hub/api/users/btslurm1/server", {"memory_gb": "64"})
+    assert status == 400 and "memory_gb: 64 is more than the 2 GB" in str(body.get("message")), body
     assert squeue() == "" and broker.client.tunnels() == []
 
     # A job that dies before its notebook starts: the spawn ends in seconds, with Slurm's reason.

@@ -144,15 +144,24 @@ def test_options_are_validated_and_reach_the_script(
     procs: ProcessGroup, broker: BrokerProcess, tmp_path: Path
 ) -> None:
     hub = Hub(procs, tmp_path / "hub", broker, options_cores_max=4, options_partitions=["cpu", "gpu"])
-    events = request_server(hub, "btdave", {"cores": "64", "partition": "gpu; id"})
-    assert events[-1].get("failed"), events
-    message = str(events[-1]["message"])
+    # Refused at the request (our apply_user_options hook), with every reason, before anything starts.
+    ensure_user("btdave")
+    hub.api("POST", "/hub/api/users/btdave")
+    status, body = hub.api("POST", "/hub/api/users/btdave/server", {"cores": "64", "partition": "gpu; id"})
+    message = str(body.get("message"))
+    assert status == 400 and message.startswith("Invalid spawn options:"), (status, body)
     assert "cores: 64 is more than the 4 CPU cores allowed" in message
     assert "partition: 'gpu; id' is not one of: cpu, gpu" in message
     assert not hub.jobs_running() and broker.client.tunnels() == []  # nothing submitted, no tunnel left
 
     options = {"cores": "2", "memory_gb": "3", "runtime_minutes": "90", "partition": "gpu"}
-    assert request_server(hub, "btdave", options)[-1].get("ready")
+    events = request_server(hub, "btdave", options)
+    assert events[-1].get("ready")
+    # Every event moves the spawn page's bar, never backwards; JupyterHub's own "unhandled
+    # user_options" warning is gone (the options are checked by our apply_user_options).
+    progress = [int(e["progress"]) for e in events if "progress" in e]  # type: ignore[call-overload]
+    assert len(progress) == len(events) and progress == sorted(progress) and progress[-1] == 100, events
+    assert "unhandled user_options" not in hub.proc.log()  # type: ignore[union-attr]
     (job,) = hub.jobs_running()
     script = (hub.batch_dir / f"{job}.sh").read_text()
     for line in ("#SBATCH --cpus-per-task=2", "#SBATCH --mem=3G", "#SBATCH --time=01:30:00",
