@@ -10,6 +10,7 @@
 # Idempotent. Settings this machine needs (see ../shared/FACTS.md): the runc runtime (crun refuses the
 # host's cgroup layout) and open-file limits within what root may set here.
 set -euo pipefail
+. "$(dirname "$0")/apt.sh"
 
 STATE=${BT_CONTAINERS_DIR:-/var/lib/batchtunnel-containers}
 SOCKET=$STATE/podman.sock
@@ -19,17 +20,8 @@ BASE=docker.io/library/debian:bookworm-slim
 log() { echo "containers: $*" >&2; }
 
 install_packages() {
-    local missing=()
-    for pkg in podman docker-compose debootstrap runc netavark aardvark-dns fuse-overlayfs slirp4netns \
-               uidmap catatonit iptables nftables curl; do
-        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
-    done
-    if [ ${#missing[@]} -gt 0 ]; then
-        log "apt-get install ${missing[*]}"
-        apt-get -o DPkg::Lock::Timeout=300 update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq \
-            --no-install-recommends "${missing[@]}" >/dev/null
-    fi
+    apt_install podman docker-compose debootstrap runc netavark aardvark-dns fuse-overlayfs slirp4netns \
+        uidmap catatonit iptables nftables curl
 }
 
 write_conf() {

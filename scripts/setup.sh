@@ -9,16 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 extras=${1:-test,broker,fast}
 
-apt_install() {
-    local missing=()
-    for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
-    if [ ${#missing[@]} -gt 0 ]; then
-        echo "setup: apt-get install ${missing[*]}"
-        apt-get -o DPkg::Lock::Timeout=300 update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq \
-            --no-install-recommends "${missing[@]}" >/dev/null
-    fi
-}
+. scripts/apt.sh
 
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
     apt_install python3 python3-venv

@@ -12,6 +12,7 @@
 # (10.213.7.2, no default route), so every job step runs behind its firewall. Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/apt.sh
 
 STATE=${BT_CLUSTER_DIR:-/var/lib/batchtunnel-cluster}
 NS=btnode
@@ -25,16 +26,7 @@ CONF=$STATE/slurm.conf
 log() { echo "slurm-cluster: $*" >&2; }
 
 install_packages() {
-    local missing=()
-    for pkg in slurmctld slurmd slurm-client munge nftables sudo iproute2 util-linux; do
-        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
-    done
-    if [ ${#missing[@]} -gt 0 ]; then
-        log "apt-get install ${missing[*]}"
-        apt-get -o DPkg::Lock::Timeout=300 update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq \
-            --no-install-recommends "${missing[@]}" >/dev/null
-    fi
+    apt_install slurmctld slurmd slurm-client munge nftables sudo iproute2 util-linux
 }
 
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
