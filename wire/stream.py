@@ -89,6 +89,8 @@ class Streams:
         self.peer_opened = 0     # live streams the peer opened
         self.recv_windows = 0    # sum of the live streams' receive windows (the session budget)
         self.replay_bytes = 0    # held in all replay buffers; sending pauses at session_window
+        # What window growth may use of the budget; the rest is kept for new streams.
+        self.growth_limit = settings.session_window - settings.session_window // NEW_STREAM_SHARE
         self.starved: dict[int, Stream] = {}  # streams whose sending waits for replay room
 
     def __iter__(self) -> Iterator[Stream]:
@@ -132,8 +134,7 @@ class Streams:
         """How much auto-tuning may still grow the receive windows: the budget less the share of it
         kept for new streams (a quarter: 64 initial windows by default), so that bulk streams that
         grew to their ceiling never leave a notebook unable to open its next connection."""
-        budget = self.settings.session_window
-        return budget - budget // NEW_STREAM_SHARE - self.recv_windows
+        return self.growth_limit - self.recv_windows
 
     def lookup(self, stream_id: int, type_: FrameType) -> Stream | None:
         """The live stream; None if it existed and is closed (frames racing a reset are ignored).
