@@ -188,9 +188,7 @@ class ConnectToJobMixin(_SpawnerBase):
             # The job is gone (cancelled, out of time, its node failed). JupyterHub does not call
             # stop() for a server poll() finds ended: the connect step would run on for nothing.
             self.log.info("Job of %s ended; stopping its connect-to-job command", self.user.name)
-            await connect.terminate(self.connect_stop_timeout)
-            self._connect = None
-            self.connect_pid = 0
+            await self._stop_connect()
         return status
 
     async def _restart_connect(self, reason: str) -> str:
@@ -229,12 +227,16 @@ class ConnectToJobMixin(_SpawnerBase):
             self.log.warning("Could not store the state of %s's server: %s", self.user.name, exc)
 
     async def stop(self, now: bool = False) -> None:
+        await self._stop_connect()
+        await super().stop(now=now)
+
+    async def _stop_connect(self) -> None:
+        """Terminate the running connect step (ours or an adopted one), if any; forget its PID."""
         connect = self._watched_connect()
         if connect is not None:
             await connect.terminate(self.connect_stop_timeout)
             self._connect = None
         self.connect_pid = 0
-        await super().stop(now=now)
 
     def _watched_connect(self) -> BackgroundCommand | None:
         """The running command: ours, or the one an earlier hub process started (adopted by PID)."""

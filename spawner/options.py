@@ -69,7 +69,10 @@ def validate(raw: dict[str, Any] | None, limits: Limits) -> Choice:
     """
     raw = dict(raw or {})
     known = {*NUMBERS, *NAMES, *limits.extra}
-    problems = [f"unknown option {str(key)[:40]!r}" for key in sorted(set(raw) - known, key=str)]
+    unknown = sorted(set(raw) - known, key=str)
+    problems = [f"unknown option {str(key)[:40]!r}" for key in unknown[:10]]  # the message stays short
+    if len(unknown) > 10:
+        problems.append(f"{len(unknown) - 10} more unknown options")
     values: dict[str, Any] = {}
     for key, (limit_name, low, unit) in NUMBERS.items():
         high = getattr(limits, limit_name)
@@ -157,7 +160,9 @@ class ResourceOptionsMixin(Configurable):
         ``{{reservation}}``, add the lines for the others to batch_script); an empty one leaves the
         admin's req_* value. Names of the form's own fields and of batchspawner's command-carrying
         variables (cmd, options, prologue, epilogue, srun, ...) are refused. Every other option a
-        user sends is refused with the form on, and ignored with it off.
+        user sends is refused with the form on, and ignored with it off. The hub matches these
+        expressions against what users send: keep them simple (no nested repetition such as
+        ``(a+)+``, which Python's re can take exponential time on).
         """,
     ).tag(config=True)
 
@@ -275,8 +280,9 @@ def check_user_options(spawner: Any, user_options: dict[str, Any]) -> None:
 
     if not spawner.options_enabled:
         if user_options:
-            spawner.log.info("Spawn options for %s ignored (the options form is off): %s", spawner.user.name,
-                             ", ".join(sorted(str(key)[:40] for key in user_options)))
+            names = sorted(str(key)[:40] for key in user_options)  # the user's: bounded in the log
+            spawner.log.info("Spawn options for %s ignored (the options form is off): %s%s", spawner.user.name,
+                             ", ".join(names[:10]), f" and {len(names) - 10} more" if len(names) > 10 else "")
         return
     try:
         validate(user_options, spawner.option_limits())

@@ -33,14 +33,6 @@ def default_connect_cmd() -> str:
     return f"{program} connect --tunnel {{tunnel_id}} --port {{port}} --rport {{rport}} --keep-exposure"
 
 
-def progress_percent(message: str) -> int:
-    """Where a progress message stands, for the spawn page's bar (JupyterHub shows 100 when ready)."""
-    for marker, percent in (("tunnel up", 80), ("waiting for its agent", 60), ("queued", 30), ("Submitting", 10)):
-        if marker in message:
-            return percent
-    return 50
-
-
 class BrokerTunnelMixin(ResourceOptionsMixin, ConnectToJobMixin):
     """Connects a batchspawner class's jobs through our broker. Put it first in the bases."""
 
@@ -297,24 +289,25 @@ class BrokerTunnelMixin(ResourceOptionsMixin, ConnectToJobMixin):
         if self.previous_stop:
             yield {"progress": 0, "message": f"Your previous server stopped: {self.previous_stop}"}
         while True:
-            message = await self.progress_message()
+            percent, message = await self.progress_message()
             if message and message != said:
                 said = message
-                yield {"progress": progress_percent(message), "message": message}
+                yield {"progress": percent, "message": message}
             await asyncio.sleep(1)
 
-    async def progress_message(self) -> str:
+    async def progress_message(self) -> tuple[int, str]:
+        """Where the spawn stands, for the page's bar (JupyterHub shows 100 when ready), and what to say."""
         if not getattr(self, "job_id", ""):
-            return "Submitting the batch job..."
+            return 10, "Submitting the batch job..."
         if self.state_ispending():
             reason = self.pending_reason()
-            return f"Job {self.job_id} queued" + (f": {reason}" if reason else "")
+            return 30, f"Job {self.job_id} queued" + (f": {reason}" if reason else "")
         if self.state_isrunning():
             host = self.state_gethost()
             if await self.agent_connected():
-                return f"Job {self.job_id} running on {host}; tunnel up, waiting for the notebook"
-            return f"Job {self.job_id} running on {host}; waiting for its agent to connect"
-        return ""
+                return 80, f"Job {self.job_id} running on {host}; tunnel up, waiting for the notebook"
+            return 60, f"Job {self.job_id} running on {host}; waiting for its agent to connect"
+        return 0, ""
 
     def pending_reason(self) -> str:
         """Why the job waits, if the batch system said (override per backend)."""
