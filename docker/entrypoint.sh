@@ -22,8 +22,8 @@ wait_for_file() {  # wait_for_file PATH: the init service writes it; give up aft
     done
 }
 
-secret() {  # secret FILE: create FILE (mode 0600) holding a random token, unless it exists
-    [ -s "$1" ] || (umask 077 && python3 -c 'import secrets; print(secrets.token_hex(32))' > "$1")
+secret() {  # secret FILE [CALL]: create FILE (mode 0600) holding secrets.CALL (token_hex(32)), unless it exists
+    [ -s "$1" ] || (umask 077 && python3 -c "import secrets; print(secrets.${2:-token_hex(32)})" > "$1")
 }
 
 start_munge() {  # the key from the munge volume; munged as the munge user, in the background
@@ -48,8 +48,8 @@ init)
     secret /broker-secrets/admin.token
     cp /broker-secrets/admin.token /hub-secrets/admin.token
     # The users' shared password, and the admin's own (JupyterHub wants 32 characters or more).
-    [ -s /hub-secrets/password ] || (umask 077 && python3 -c 'import secrets; print(secrets.token_urlsafe(9))' > /hub-secrets/password)
-    [ -s /hub-secrets/admin-password ] || (umask 077 && python3 -c 'import secrets; print(secrets.token_urlsafe(24))' > /hub-secrets/admin-password)
+    secret /hub-secrets/password "token_urlsafe(9)"
+    secret /hub-secrets/admin-password "token_urlsafe(24)"
     [ -s /munge/munge.key ] || (umask 077 && head -c 1024 /dev/urandom > /munge/munge.key)
     if [ ! -s /broker-secrets/pki/broker.pem ]; then
         batchtunnel certs init --dir /broker-secrets/pki --hostname broker > /dev/null

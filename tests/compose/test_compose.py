@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.browser import CHROMIUM_ARGS, Shots, chromium, run_cell, wait_for, watch_kernel_info_reply
+from tests.support.browser import CHROMIUM_ARGS, Shots, chromium, open_notebook, run_cell, wait_for
 from tests.support.hub import ROOT
 from tests.support.processes import free_port, wait_until
 
@@ -189,12 +189,7 @@ def test_the_compose_demo_end_to_end(stack: Stack) -> None:
             stack.timings["spawn_to_jupyterlab_s"] = round(time.monotonic() - spawned, 1)
             shot(page, "jupyterlab")
 
-            page.goto(f"{base}/user/demo2/lab?reset")
-            page.wait_for_selector('.jp-LauncherCard[data-category="Notebook"]:visible', timeout=60_000)
-            kernel_ready = watch_kernel_info_reply(page)
-            page.locator('.jp-LauncherCard[data-category="Notebook"]:visible').first.click()
-            page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"]', timeout=60_000)
-            wait_for(page, kernel_ready.is_set, 60, "the notebook's kernel connection to be ready")
+            open_notebook(page, f"{base}/user/demo2/lab")
             # The kernel runs on a compute node, as the user; it opens a listener on all the node's
             # addresses, as any notebook server or tool a user starts there could.
             run_cell(page, "import getpass, socket, threading, socketserver; srv = socketserver.TCPServer(('0.0.0.0', "

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.browser import CHROMIUM_ARGS, Shots, run_cell, wait_for, watch_kernel_info_reply
+from tests.support.browser import CHROMIUM_ARGS, Shots, open_notebook, run_cell
 from tests.support.hub import ROOT, Hub, ensure_user
 from tests.support.processes import wait_until
 from tests.support.tunnel import BrokerProcess
@@ -63,14 +63,7 @@ def test_log_in_choose_options_run_a_cell_and_stop(stack: tuple[Hub, BrokerProce
             shot(page, "progress")
             page.wait_for_selector("#jp-main-dock-panel", timeout=120_000)
             shot(page, "jupyterlab")
-            page.goto(f"http://127.0.0.1:{hub.port}/user/btbrowser/lab?reset")
-            page.wait_for_selector('.jp-LauncherCard[data-category="Notebook"]:visible', timeout=60_000)
-
-            # Cells run before the kernel connection's kernel_info_reply are dropped: wait for it.
-            kernel_ready = watch_kernel_info_reply(page)
-            page.locator('.jp-LauncherCard[data-category="Notebook"]:visible').first.click()
-            page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"]', timeout=60_000)
-            wait_for(page, kernel_ready.is_set, 60, "the notebook's kernel connection to be ready")
+            open_notebook(page, f"http://127.0.0.1:{hub.port}/user/btbrowser/lab")
             run_cell(page, "print(sum(range(1, 101)))", "5050")
             shot(page, "cell-output")
 

@@ -62,6 +62,18 @@ def wait_for(page: Any, condition: Any, timeout: float, what: str) -> None:
         page.wait_for_timeout(50)
 
 
+def open_notebook(page: Any, lab_url: str) -> None:
+    """Open JupyterLab at ``lab_url`` (a server's /lab) with a clean workspace, start a notebook from
+    the launcher, and wait until its kernel connection takes cells (see watch_kernel_info_reply)."""
+    page.goto(f"{lab_url}?reset")
+    launcher = page.locator('.jp-LauncherCard[data-category="Notebook"]:visible')
+    launcher.first.wait_for(timeout=60_000)
+    kernel_ready = watch_kernel_info_reply(page)
+    launcher.first.click()
+    page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"]', timeout=60_000)
+    wait_for(page, kernel_ready.is_set, 60, "the notebook's kernel connection to be ready")
+
+
 def run_cell(page: Any, code: str, expected: str, timeout: float = 30) -> None:
     """Type ``code`` into the notebook's last cell, run it, and wait for ``expected`` in its output."""
     from playwright.sync_api import expect
