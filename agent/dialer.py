@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import random
 import ssl
 from collections.abc import Iterator
@@ -29,9 +30,11 @@ from ..wire import (
     ErrorCode,
     HandshakeRejected,
     PeerRejected,
+    ProxyRefused,
     Settings,
     Side,
 )
+from .proxy import Proxy, choose_proxy, open_through
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,8 @@ class AgentConfig:
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
     resume_grace: float = 60.0  # seconds a lost session's streams are kept while redialling
+    proxy: str = ""  # --proxy: an http:// proxy URL, "none", or "" for the environment's (agent/proxy.py)
+    environ: dict[str, str] = field(default_factory=lambda: dict(os.environ), repr=False)  # https_proxy...
     wire: Settings = field(default_factory=lambda: Settings(software=f"batchtunnel-agent/{__version__}"))
 
     def check(self) -> None:
@@ -76,6 +81,12 @@ class AgentConfig:
             raise ConfigurationError("--heartbeat-timeout must be longer than --heartbeat-interval")
         if self.resume_grace < 0:
             raise ConfigurationError("--resume-grace must be 0 (off) or more seconds")
+        choose_proxy(self.url, self.proxy, self.environ)  # raises on a proxy URL it cannot use
+
+    @property
+    def broker_address(self) -> tuple[str, int]:
+        url = urlsplit(self.url)
+        return url.hostname or "", url.port or (443 if url.scheme == "wss" else 80)
 
 
 def backoff_delays(initial: float, maximum: float, rng: random.Random) -> Iterator[float]:
@@ -100,6 +111,7 @@ class Agent:
         self._hub_api_server: asyncio.AbstractServer | None = None
         self._pins = {parse_fingerprint(text) for text in config.fingerprints}
         self._retry_after = 0.0  # what the broker last asked for with Retry-After
+        self.proxy: Proxy | None = choose_proxy(config.url, config.proxy, config.environ)
 
     async def listen_hub_api(self) -> int:
         """Single-outbound-port mode: accept on a free 127.0.0.1 port; each connection goes to the hub's
@@ -150,6 +162,8 @@ class Agent:
         rng = random.Random()
         delays = backoff_delays(self.config.backoff_initial, self.config.backoff_max, rng)
         ssl_context = self.tls_context()
+        if self.proxy is not None:
+            log.info("dialing the broker through the HTTP proxy %s (from %s)", self.proxy, self.proxy.source)
         try:
             while not self._stopping:
                 self._retry_after = 0.0
@@ -175,11 +189,27 @@ class Agent:
         if run is not None:
             await asyncio.gather(run, return_exceptions=True)
 
+    async def open_link(self, link: asyncio.Protocol, ssl_context: ssl.SSLContext | None, timeout: float) -> None:
+        """Connect ``link`` to the broker, directly or through the proxy, with TLS unless --insecure."""
+        host, port = self.config.broker_address
+        loop = asyncio.get_running_loop()
+        hostname = host if ssl_context is not None else None
+        if self.proxy is None:
+            await asyncio.wait_for(loop.create_connection(lambda: link, host, port, ssl=ssl_context,
+                                                          server_hostname=hostname), timeout)
+            return
+        deadline = loop.time() + timeout
+        sock = await open_through(self.proxy, host, port, timeout)
+        try:
+            await asyncio.wait_for(loop.create_connection(lambda: link, sock=sock, ssl=ssl_context,
+                                                          server_hostname=hostname),
+                                   max(0.0, deadline - loop.time()))
+        except BaseException:
+            sock.close()
+            raise
+
     async def _connect_once(self, ssl_context: ssl.SSLContext | None) -> bool:
         """One connection attempt; True if a session was established."""
-        url = urlsplit(self.config.url)
-        host = url.hostname or ""
-        port = url.port or (443 if url.scheme == "wss" else 80)
         if ssl_context is None:  # at every connect, so the log shows it wherever one reads it
             log.warning("connecting over plain ws:// (--insecure): the token travels unencrypted")
         held = self.session if self.session is not None and self.session.resumable else None
@@ -190,13 +220,8 @@ class Agent:
         if held is not None:
             headers[SESSION_HEADER] = held.session_id
         link = WebSocketLink.client(self.config.url, headers, self.verify_pin)
-        loop = asyncio.get_running_loop()
         try:
-            await asyncio.wait_for(
-                loop.create_connection(lambda: link, host, port, ssl=ssl_context,
-                                       server_hostname=host if ssl_context else None),
-                self.config.connect_timeout,
-            )
+            await self.open_link(link, ssl_context, self.config.connect_timeout)
             await link.wait_handshake(self.config.connect_timeout)
         except HandshakeRejected as exc:
             link.abort()
@@ -217,6 +242,14 @@ class Agent:
             return False
         except PeerRejected as exc:
             log.error("not sending the token to %s: %s", _safe_url(self.config.url), exc)
+            return False
+        except ProxyRefused as exc:
+            link.abort()
+            if exc.status in (401, 403, 407):  # the proxy's policy or credentials: they do not mend by themselves
+                self._retry_after = self.config.backoff_max
+                log.error("cannot reach the broker at %s: %s", _safe_url(self.config.url), exc)
+            else:
+                log.warning("cannot reach the broker at %s: %s", _safe_url(self.config.url), exc)
             return False
         except (OSError, asyncio.TimeoutError) as exc:
             link.abort()

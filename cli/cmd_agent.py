@@ -21,6 +21,10 @@ The tunnel token comes from BATCHTUNNEL_TOKEN or --token-file, never from the
 command line. The broker's CA may also come as PEM text in BATCHTUNNEL_CA_PEM
 (the spawners pass it that way, so nodes need no copy of the file).
 
+Nodes that reach the outside only through an HTTP proxy: the agent dials
+through it (CONNECT), taken from https_proxy / no_proxy as curl and pip do,
+or from --proxy.
+
 With `-- COMMAND ...` the agent runs COMMAND, forwards SIGTERM, SIGINT, SIGHUP,
 SIGUSR1 and SIGUSR2 to it, and exits with its exit status.
 
@@ -34,6 +38,10 @@ OPTIONS = [
     Option("token-file", "file holding this tunnel's token (alternative to BATCHTUNNEL_TOKEN)", metavar="FILE"),
     Option("cafile", "PEM CA bundle to verify the broker's certificate (default: system CAs)", metavar="FILE"),
     Option("insecure", "allow a plain ws:// URL (testing only)", flag=True),
+    Option("proxy", "HTTP proxy to dial the broker through (CONNECT): http://HOST:PORT, or none to ignore the "
+           "environment; default: https_proxy, all_proxy and no_proxy, as curl reads them. Credentials "
+           "(http://USER:PASSWORD@HOST:PORT) only in BATCHTUNNEL_PROXY or https_proxy, never on the command line",
+           metavar="URL"),
     Option("check", "check DNS, TCP, TLS (CA or pin) and the token against the broker with these options, print "
            "one line saying what is wrong (or ok), exit 0 if all is well; a running agent is not disturbed",
            flag=True),
@@ -70,6 +78,9 @@ def run(values: dict[str, Any], args: argparse.Namespace) -> int:
 
     if not values["url"]:
         raise ConfigurationError("--url is required (or BATCHTUNNEL_URL)")
+    if args.proxy is not None and "@" in args.proxy:  # the value is not repeated: it holds a password
+        raise ConfigurationError("--proxy: credentials on the command line would show in ps; give the proxy URL "
+                                 "in BATCHTUNNEL_PROXY or https_proxy instead")
     token = read_secret("BATCHTUNNEL_TOKEN", values["token_file"], "tunnel token")
     os.environ.pop("BATCHTUNNEL_TOKEN", None)  # the wrapped command does not need it
     config = AgentConfig(
@@ -77,7 +88,7 @@ def run(values: dict[str, Any], args: argparse.Namespace) -> int:
         insecure=bool(values["insecure"]), fingerprints=values["fingerprint"],
         allow_ports=values["allow_port"], heartbeat_interval=values["heartbeat_interval"],
         heartbeat_timeout=values["heartbeat_timeout"], connect_timeout=values["connect_timeout"],
-        resume_grace=values["resume_grace"],
+        resume_grace=values["resume_grace"], proxy=values["proxy"] or "",
         backoff_initial=values["backoff_initial"], backoff_max=values["backoff_max"],
     )
     command = list(args.command)

@@ -4,7 +4,7 @@
 #   scripts/test.sh [PYTEST ARGS...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SETUP_APT="openssh-server openssh-client chromium nginx-light systemd" SETUP_CHP=1 SETUP_JOBENV=1 scripts/setup.sh test,broker,fast
+SETUP_APT="openssh-server openssh-client chromium nginx-light systemd tinyproxy" SETUP_CHP=1 SETUP_JOBENV=1 scripts/setup.sh test,broker,fast
 echo "== ruff"
 .venv/bin/ruff check .
 echo "== imports (no cycle, layers kept)"

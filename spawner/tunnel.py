@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from batchspawner.batchspawner import JobStatus, format_template
-from traitlets import Bool, Float, List, Unicode, default
+from traitlets import Bool, Float, List, TraitError, Unicode, default, validate
 
 from ..client import BrokerClient
 from ..wire import ApiError, ConfigurationError, JobEndedError
@@ -96,6 +96,17 @@ class BrokerTunnelMixin(ResourceOptionsMixin, ConnectToJobMixin):
         help="Command line, inside the job, that starts the agent (the job's Python environment).",
     ).tag(config=True)
 
+    agent_proxy = Unicode(
+        "",
+        help="""
+        HTTP proxy the agent dials the broker through, for nodes whose only way out is a site proxy:
+        ``http://HOST:PORT`` (``http://USER:PASSWORD@HOST:PORT`` if it needs credentials), or ``none``
+        to ignore the job's ``https_proxy``. Given to the job as BATCHTUNNEL_PROXY, in its environment,
+        never on a command line. Empty: the agent uses the job's own ``https_proxy`` / ``no_proxy``, as
+        curl and pip do. The proxy must allow CONNECT to the broker's port.
+        """,
+    ).tag(config=True)
+
     notebook_ip = Unicode(
         "127.0.0.1",
         help="""
@@ -116,6 +127,16 @@ class BrokerTunnelMixin(ResourceOptionsMixin, ConnectToJobMixin):
     tunnel_id = Unicode("")  # state
     _agent_token = ""  # memory only: given to the job once, never stored
     _submitted_job = ""  # batchspawner clears job_id when a job dies; we still want to ask why
+
+    @validate("agent_proxy")
+    def _check_agent_proxy(self, proposal: dict[str, Any]) -> str:
+        value = str(proposal["value"]).strip()
+        if value and value.lower() != "none":  # the agent checks the rest (agent/proxy.py); catch the worst early
+            parts = urlsplit(value if "://" in value else "http://" + value)
+            if parts.scheme != "http" or not parts.hostname:
+                raise TraitError("agent_proxy: give http://HOST:PORT (the agent dials the broker through its "
+                                 "CONNECT), 'none', or nothing")
+        return value
 
     @default("connect_to_job_cmd")
     def _default_connect_cmd(self) -> str:
@@ -241,6 +262,8 @@ class BrokerTunnelMixin(ResourceOptionsMixin, ConnectToJobMixin):
                     env["BATCHTUNNEL_CA_PEM"] = f.read()
             if self.broker_fingerprints:
                 env["BATCHTUNNEL_FINGERPRINT"] = ",".join(self.broker_fingerprints)
+            if self.agent_proxy:
+                env["BATCHTUNNEL_PROXY"] = self.agent_proxy
         return env
 
     def cmd_formatted_for_batch(self) -> str:

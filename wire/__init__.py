@@ -40,6 +40,7 @@ from .exceptions import (
     OptionsError,
     PeerRejected,
     ProtocolError,
+    ProxyRefused,
     TunnelError,
 )
 from .frames import SERVICE_HUB_API
@@ -51,6 +52,7 @@ __all__ = [
     "ConnectionClosed", "ConnectionTerminated", "DataReceived", "ErrorCode", "Event", "FlowControlError",
     "FrameTooLarge", "FramingError", "GoAwayReceived", "HandshakeFailed", "HandshakeRejected", "InvalidState",
     "JobEndedError", "Negotiated", "OptionsError", "PeerRejected", "PingAcknowledged", "ProtocolError",
-    "SERVICE_HUB_API", "SessionResumed", "SessionStarted", "Settings", "Side", "State", "StreamDrained",
-    "StreamEnded", "StreamEvent", "StreamId", "StreamOpened", "StreamReset", "TunnelError", "describe_code"
+    "ProxyRefused", "SERVICE_HUB_API", "SessionResumed", "SessionStarted", "Settings", "Side", "State",
+    "StreamDrained", "StreamEnded", "StreamEvent", "StreamId", "StreamOpened", "StreamReset", "TunnelError",
+    "describe_code",
 ]

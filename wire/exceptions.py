@@ -11,7 +11,9 @@
     ├── HandshakeFailed            the agent's WebSocket to the broker did not open
     │   ├── HandshakeRejected      the broker answered the upgrade with .status, not 101;
     │   │                          .retry_after is its Retry-After header, if any
-    │   └── PeerRejected           the broker's certificate failed the pin: nothing was sent
+    │   ├── PeerRejected           the broker's certificate failed the pin: nothing was sent
+    │   └── ProxyRefused           the HTTP proxy did not open a tunnel to the broker; .status is
+    │                              its answer (407: credentials), 0 when it did not answer HTTP
     ├── ConnectionClosed           a tunnel session ended; .code and .reason say why
     │                              (what TunnelSession.run returns)
     ├── AuthenticationError        a credential was missing, wrong or expired
@@ -101,6 +103,18 @@ class HandshakeRejected(HandshakeFailed):
 class PeerRejected(HandshakeFailed):
     """The agent refused the broker after the TLS handshake (a certificate pin did not match):
     nothing, the credential least of all, was sent."""
+
+
+class ProxyRefused(HandshakeFailed):
+    """The HTTP proxy on the way to the broker answered CONNECT with anything but 2xx.
+
+    Attributes:
+        status: the proxy's HTTP status (407: authentication, 403: not allowed), 0 if not HTTP.
+    """
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class ConnectionClosed(TunnelError):
