@@ -24,10 +24,10 @@ from types import ModuleType
 
 from .. import __version__
 from ..wire import ConfigurationError
-from . import cmd_agent, cmd_broker, cmd_certs, cmd_connect, cmd_tunnels
+from . import cmd_agent, cmd_agent_pyz, cmd_broker, cmd_certs, cmd_connect, cmd_tunnels
 from .options import add_options, load_file, resolve
 
-COMMANDS: list[ModuleType] = [cmd_broker, cmd_agent, cmd_connect, cmd_tunnels, cmd_certs]
+COMMANDS: list[ModuleType] = [cmd_broker, cmd_agent, cmd_agent_pyz, cmd_connect, cmd_tunnels, cmd_certs]
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 

@@ -23,7 +23,10 @@ from typing import Any
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
-    import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
+    try:
+        import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:  # batchtunnel-agent.pyz on Python 3.9/3.10 carries no TOML parser
+        tomllib = None
 
 from ..wire import ConfigurationError
 
@@ -75,6 +78,9 @@ def load_file(path: str | None) -> dict[str, Any]:
     """Read the TOML config file; {} when no file is configured."""
     if not path:
         return {}
+    if tomllib is None:  # pragma: no cover
+        raise ConfigurationError("--config needs Python 3.11 or the tomli package: give flags or BATCHTUNNEL_* "
+                                 "variables instead")
     try:
         with open(path, "rb") as f:
             loaded: dict[str, Any] = tomllib.load(f)

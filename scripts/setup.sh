@@ -4,7 +4,8 @@
 # Environment: SETUP_APT="pkg ..." extra Debian packages; SETUP_CHP=1 also installs Node.js (if missing)
 # and configurable-http-proxy into .node/ (its binary: .node/node_modules/.bin/configurable-http-proxy);
 # SETUP_JOBENV=1 also builds .jobenv/, the batch jobs' Python environment: the system's /usr/bin/python3
-# (readable by every user, unlike a Python under /root), batchtunnel and what a notebook job runs.
+# (readable by every user, unlike a Python under /root), batchtunnel and what a notebook job runs; and
+# .jobenv-bare/, the same without batchtunnel (for batchtunnel-agent.pyz).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras=${1:-test,broker,fast}
@@ -40,6 +41,17 @@ if [ -n "${SETUP_JOBENV:-}" ]; then
         echo "$jobwant" > .jobenv/.installed
     fi
     chmod -R a+rX .jobenv
+    # .jobenv-bare: a job environment with the notebook and no batchtunnel at all, for the one-file
+    # agent (batchtunnel-agent.pyz) that the node's own Python runs.
+    [ -x .jobenv-bare/bin/python ] || /usr/bin/python3 -m venv .jobenv-bare
+    barewant="jupyterhub==6.1.1 batchspawner==1.3.0 jupyter_server ipykernel"
+    if [ "$(cat .jobenv-bare/.installed 2>/dev/null)" != "$barewant" ]; then
+        echo "setup: building .jobenv-bare (a job environment without batchtunnel)"
+        .jobenv-bare/bin/python -m pip install -q --upgrade pip
+        .jobenv-bare/bin/python -m pip install -q $barewant
+        echo "$barewant" > .jobenv-bare/.installed
+    fi
+    chmod -R a+rX .jobenv-bare
 fi
 
 if [ ! -x .venv/bin/python ]; then

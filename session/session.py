@@ -333,41 +333,43 @@ class TunnelSession:
     # --------------------------------------------------------------- events
 
     def _process(self) -> None:
+        # isinstance, not match: the agent's modules run on Python 3.9 too (batchtunnel-agent.pyz).
         for event in self.conn.events_received():
-            match event:
-                case events.DataReceived(stream_id=sid, data=data):
-                    if (bridge := self._bridges.get(sid)) is not None:
-                        bridge.deliver(data)
-                case events.StreamDrained(stream_id=sid):
-                    if (bridge := self._bridges.get(sid)) is not None:
-                        bridge.unpause(Pause.WINDOW)
-                case events.StreamEnded(stream_id=sid):
-                    if (bridge := self._bridges.get(sid)) is not None:
-                        bridge.peer_ended()
-                case events.StreamReset(stream_id=sid, code=code):
-                    if (bridge := self._bridges.pop(sid, None)) is not None:
-                        bridge.abort()
-                    if log.isEnabledFor(logging.DEBUG):
-                        log.debug("session %s: stream %d reset (%s)", self.name, sid, describe_code(code))
-                case events.StreamOpened(stream_id=sid, port=port):
-                    self._on_stream_opened(sid, port)
-                case events.PingAcknowledged(payload=payload):
-                    self.heartbeat.acknowledged(payload)
-                case events.SessionStarted():
-                    if not self._started.done():
-                        self._started.set_result(None)
-                        if self._on_started is not None:
-                            self._on_started()
-                case events.GoAwayReceived(code=code, reason=reason):
-                    log.info("session %s: peer is going away: %s (%s)", self.name, reason or "-", describe_code(code))
-                case events.SessionResumed():
-                    self._on_resumed(event)
-                case events.ConnectionTerminated(code=code, reason=reason, local=local):
-                    self.closed = ConnectionClosed(code, reason)
-                    if local and self.conn.error is not None:
-                        log.warning("session %s: peer broke the protocol: %s", self.name, reason)
-                    if self._link_down.done() and not self._over.done():
-                        self._over.set_result(None)  # no link to close
+            if isinstance(event, events.DataReceived):
+                if (bridge := self._bridges.get(event.stream_id)) is not None:
+                    bridge.deliver(event.data)
+            elif isinstance(event, events.StreamDrained):
+                if (bridge := self._bridges.get(event.stream_id)) is not None:
+                    bridge.unpause(Pause.WINDOW)
+            elif isinstance(event, events.StreamEnded):
+                if (bridge := self._bridges.get(event.stream_id)) is not None:
+                    bridge.peer_ended()
+            elif isinstance(event, events.StreamReset):
+                if (bridge := self._bridges.pop(event.stream_id, None)) is not None:
+                    bridge.abort()
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("session %s: stream %d reset (%s)", self.name, event.stream_id,
+                              describe_code(event.code))
+            elif isinstance(event, events.StreamOpened):
+                self._on_stream_opened(event.stream_id, event.port)
+            elif isinstance(event, events.PingAcknowledged):
+                self.heartbeat.acknowledged(event.payload)
+            elif isinstance(event, events.SessionStarted):
+                if not self._started.done():
+                    self._started.set_result(None)
+                    if self._on_started is not None:
+                        self._on_started()
+            elif isinstance(event, events.GoAwayReceived):
+                log.info("session %s: peer is going away: %s (%s)", self.name, event.reason or "-",
+                         describe_code(event.code))
+            elif isinstance(event, events.SessionResumed):
+                self._on_resumed(event)
+            elif isinstance(event, events.ConnectionTerminated):
+                self.closed = ConnectionClosed(event.code, event.reason)
+                if event.local and self.conn.error is not None:
+                    log.warning("session %s: peer broke the protocol: %s", self.name, event.reason)
+                if self._link_down.done() and not self._over.done():
+                    self._over.set_result(None)  # no link to close
         self._kick()
 
     def _on_resumed(self, event: events.SessionResumed) -> None:

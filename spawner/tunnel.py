@@ -17,10 +17,11 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from batchspawner.batchspawner import JobStatus, format_template
-from traitlets import Bool, Float, List, TraitError, Unicode, default, validate
+from traitlets import Float, List, Unicode, default
 
 from ..client import BrokerClient
 from ..wire import ApiError, ConfigurationError, JobEndedError
+from .agent_command import AgentCommandMixin, loggable_script
 from .connect import ConnectToJobMixin
 from .options import ResourceOptionsMixin
 
@@ -33,7 +34,7 @@ def default_connect_cmd() -> str:
     return f"{program} connect --tunnel {{tunnel_id}} --port {{port}} --rport {{rport}} --keep-exposure"
 
 
-class BrokerTunnelMixin(ResourceOptionsMixin, ConnectToJobMixin):
+class BrokerTunnelMixin(ResourceOptionsMixin, AgentCommandMixin, ConnectToJobMixin):
     """Connects a batchspawner class's jobs through our broker. Put it first in the bases."""
 
     broker_url = Unicode(
@@ -90,23 +91,6 @@ class BrokerTunnelMixin(ResourceOptionsMixin, ConnectToJobMixin):
         """,
     ).tag(config=True)
 
-    agent_cmd = List(
-        Unicode(),
-        ["batchtunnel", "agent"],
-        help="Command line, inside the job, that starts the agent (the job's Python environment).",
-    ).tag(config=True)
-
-    agent_proxy = Unicode(
-        "",
-        help="""
-        HTTP proxy the agent dials the broker through, for nodes whose only way out is a site proxy:
-        ``http://HOST:PORT`` (``http://USER:PASSWORD@HOST:PORT`` if it needs credentials), or ``none``
-        to ignore the job's ``https_proxy``. Given to the job as BATCHTUNNEL_PROXY, in its environment,
-        never on a command line. Empty: the agent uses the job's own ``https_proxy`` / ``no_proxy``, as
-        curl and pip do. The proxy must allow CONNECT to the broker's port.
-        """,
-    ).tag(config=True)
-
     notebook_ip = Unicode(
         "127.0.0.1",
         help="""
@@ -115,28 +99,9 @@ class BrokerTunnelMixin(ResourceOptionsMixin, ConnectToJobMixin):
         """,
     ).tag(config=True)
 
-    hub_api_via_tunnel = Bool(
-        False,
-        help="""
-        Single-outbound-port mode: the job reaches the hub's API through the agent and the broker too,
-        so nodes that may dial only the broker's port work. The broker must run with
-        --hub-api HOST:PORT (the hub's hub_bind_url). False: the job talks to the hub's API directly.
-        """,
-    ).tag(config=True)
-
     tunnel_id = Unicode("")  # state
     _agent_token = ""  # memory only: given to the job once, never stored
     _submitted_job = ""  # batchspawner clears job_id when a job dies; we still want to ask why
-
-    @validate("agent_proxy")
-    def _check_agent_proxy(self, proposal: dict[str, Any]) -> str:
-        value = str(proposal["value"]).strip()
-        if value and value.lower() != "none":  # the agent checks the rest (agent/proxy.py); catch the worst early
-            parts = urlsplit(value if "://" in value else "http://" + value)
-            if parts.scheme != "http" or not parts.hostname:
-                raise TraitError("agent_proxy: give http://HOST:PORT (the agent dials the broker through its "
-                                 "CONNECT), 'none', or nothing")
-        return value
 
     @default("connect_to_job_cmd")
     def _default_connect_cmd(self) -> str:
@@ -190,11 +155,9 @@ class BrokerTunnelMixin(ResourceOptionsMixin, ConnectToJobMixin):
             subvars = self.get_req_subvars()
             cmd = " ".join((format_template(self.exec_prefix, **subvars),
                             format_template(self.batch_submit_cmd, **subvars)))
-            subvars["cmd"] = self.cmd_formatted_for_batch()
-            subvars.update(self.validated_options())
-            script = await self._get_batch_script(**subvars)
+            script = await self._get_batch_script(**self.batch_variables())
             self.log.info("Submitting job for %s: %s", self.user.name, cmd)
-            self.log.debug("Batch script:\n%s", script)
+            self.log.debug("Batch script:\n%s", loggable_script(script))
             out = await self.run_command(cmd, input=script, env=self.get_env())
             self.job_id = self._submitted_job = self.parse_job_id(out)
         except BaseException:
@@ -262,14 +225,22 @@ class BrokerTunnelMixin(ResourceOptionsMixin, ConnectToJobMixin):
                     env["BATCHTUNNEL_CA_PEM"] = f.read()
             if self.broker_fingerprints:
                 env["BATCHTUNNEL_FINGERPRINT"] = ",".join(self.broker_fingerprints)
-            if self.agent_proxy:
-                env["BATCHTUNNEL_PROXY"] = self.agent_proxy
+            env.update(self.agent_environment())
         return env
 
     def cmd_formatted_for_batch(self) -> str:
-        inner: str = super().cmd_formatted_for_batch()
-        agent = list(self.agent_cmd) + (["--hub-api-via-tunnel"] if self.hub_api_via_tunnel else [])
-        return f"{shlex.join(agent)} -- {inner}"
+        return f"{self.agent_command()} -- {super().cmd_formatted_for_batch()}"
+
+    def batch_variables(self) -> dict[str, Any]:
+        """What fills the batch script's template: the admin's req_* settings, the user's checked options,
+        the command, and first in the prologue, the unpacking of an inlined agent."""
+        subvars: dict[str, Any] = self.get_req_subvars()
+        subvars["cmd"] = self.cmd_formatted_for_batch()
+        subvars.update(self.validated_options())
+        unpack = self.agent_unpacking(self.batch_script)
+        if unpack:
+            subvars["prologue"] = f"{unpack}\n{subvars.get('prologue') or ''}"
+        return subvars
 
     # -- the connect step
 

@@ -1,0 +1,157 @@
+"""``batchtunnel agent-pyz``: the agent as one file, for job environments with no batchtunnel and no pip.
+
+The file is a zipapp (PEP 441): this installation's agent modules (``wire``, ``session``, ``agent``,
+``cli``, the certificate-pin helper) and the pure-Python part of ``websockets`` (its optional C
+speed-up is left out, so one file serves every platform), run by the node's own ``python3``. The
+oldest Python it runs on is the newer of the agent's own floor (3.9) and the bundled websockets'
+``Requires-Python``; the file checks it at start and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import importlib.util
+import os
+import re
+import shutil
+import tempfile
+import zipapp
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from .options import Option
+
+NAME = "agent-pyz"
+HELP = "build batchtunnel-agent.pyz: the agent as one file for a node's own python3 (no pip install)"
+DESCRIPTION = """\
+Write the agent as one executable file (a zipapp) that a compute node runs with
+its own python3, for job environments where batchtunnel is not installed:
+
+  python3 batchtunnel-agent.pyz --url wss://hub.example.org:8765/agent -- COMMAND
+
+Put it on a filesystem the nodes share and set the spawner's agent_zipapp to its
+path, or let the spawner inline it into each batch script (agent_zipapp_inline).
+It bundles websockets from this environment, or from --websockets DIR (a
+directory holding a websockets package, e.g. made by `pip install --target DIR
+websockets==15.0.1`) when the nodes' Python is older than this environment's
+websockets supports.
+"""
+
+AGENT_FLOOR = (3, 9)
+"""The oldest Python the agent's own modules run on (tests/agent_pyz run them on Debian 11's 3.9)."""
+PARTS = ("wire", "session", "agent", "cli")
+CERT_FILES = ("__init__.py", "fingerprint.py")  # the rest of certs/ needs the cryptography package
+
+OPTIONS = [
+    Option("output", "file to write", str, "batchtunnel-agent.pyz", metavar="FILE"),
+    Option("websockets", "directory holding the websockets package to bundle (default: the one this Python "
+           "imports)", metavar="DIR"),
+    Option("interpreter", "the file's #! line: the Python that runs it when executed directly",
+           str, "/usr/bin/env python3", metavar="COMMAND"),
+]
+
+MAIN = '''\
+"""batchtunnel {version}: the agent, as one file (built by `batchtunnel agent-pyz`)."""
+import sys
+
+if sys.version_info < {floor!r}:
+    sys.exit("batchtunnel-agent.pyz needs Python {floor_text} or newer; this is " + sys.version.split()[0])
+if sys.argv[1:] == ["--version"]:
+    sys.exit(print("batchtunnel-agent.pyz {version} (websockets {websockets})"))
+from batchtunnel.cli.main import main
+
+sys.exit(main(["agent", *sys.argv[1:]]))
+'''
+
+
+def run(values: dict[str, Any], args: argparse.Namespace) -> int:
+    floor, websockets_version = build(Path(values["output"]), values["websockets"], values["interpreter"])
+    print(f"wrote {values['output']}: batchtunnel {__version__} agent with websockets {websockets_version}, "
+          f"for Python {'.'.join(map(str, floor))} or newer ({os.path.getsize(values['output'])} bytes)")
+    return 0
+
+
+def build(output: Path, websockets_dir: str | None, interpreter: str) -> tuple[tuple[int, int], str]:
+    """Write the zipapp; returns the oldest Python it runs on and the bundled websockets' version."""
+    from ..wire import ConfigurationError
+
+    package = Path(__file__).resolve().parent.parent  # batchtunnel's own directory
+    websockets, metadata = _find_websockets(websockets_dir)
+    version = _field(metadata, "Version") or "unknown"
+    floor = max(AGENT_FLOOR, _requires_python(_field(metadata, "Requires-Python")))
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "app"
+        target = root / "batchtunnel"
+        target.mkdir(parents=True)
+        shutil.copy2(package / "__init__.py", target / "__init__.py")
+        for part in PARTS:
+            (target / part).mkdir()
+            for source in (package / part).glob("*.py"):
+                shutil.copy2(source, target / part / source.name)
+        (target / "certs").mkdir()
+        for name in CERT_FILES:
+            shutil.copy2(package / "certs" / name, target / "certs" / name)
+        for source in websockets.rglob("*.py"):
+            destination = root / "websockets" / source.relative_to(websockets)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination)
+        license_text = _license(websockets_dir)
+        if license_text:
+            (root / "websockets" / "LICENSE").write_text(license_text, encoding="utf-8")
+        (root / "__main__.py").write_text(MAIN.format(version=__version__, floor=floor, websockets=version,
+                                                      floor_text=".".join(map(str, floor))), encoding="utf-8")
+        try:
+            zipapp.create_archive(root, output, interpreter=interpreter, compressed=True)
+        except OSError as exc:
+            raise ConfigurationError(f"cannot write {output}: {exc.strerror or exc}") from None
+    return floor, version
+
+
+def _find_websockets(directory: str | None) -> tuple[Path, str]:
+    """The websockets package directory and its METADATA text ("" if none is found)."""
+    from ..wire import ConfigurationError
+
+    if directory:
+        package = Path(directory) / "websockets"
+        if not (package / "__init__.py").is_file():
+            raise ConfigurationError(f"--websockets: {directory} holds no websockets package (pip install --target "
+                                     f"{directory} websockets)")
+        metadata = next(iter(sorted(Path(directory).glob("websockets-*.dist-info/METADATA"))), None)
+        return package, metadata.read_text(encoding="utf-8") if metadata else ""
+    spec = importlib.util.find_spec("websockets")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigurationError("websockets is not installed here: install it, or give --websockets DIR")
+    try:
+        metadata_text = importlib.metadata.distribution("websockets").read_text("METADATA") or ""
+    except importlib.metadata.PackageNotFoundError:
+        metadata_text = ""
+    return Path(next(iter(spec.submodule_search_locations))), metadata_text
+
+
+def _license(directory: str | None) -> str:
+    """websockets' license text (BSD-3-Clause: it travels with the code)."""
+    if directory:
+        for candidate in sorted(Path(directory).glob("websockets-*.dist-info/**/LICENSE*")):
+            return candidate.read_text(encoding="utf-8")
+        return ""
+    try:
+        files = importlib.metadata.distribution("websockets").files or []
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+    for file in files:
+        if Path(str(file)).name.startswith("LICENSE"):
+            return Path(str(file.locate())).read_text(encoding="utf-8")
+    return ""
+
+
+def _field(metadata: str, name: str) -> str:
+    found = re.search(rf"^{name}: *(.+)$", metadata, re.MULTILINE)
+    return found.group(1).strip() if found else ""
+
+
+def _requires_python(spec: str) -> tuple[int, int]:
+    """The floor of a ``>=3.x`` specifier ((3, 0) when there is none to read)."""
+    found = re.search(r">=\s*3\.(\d+)", spec)
+    return (3, int(found.group(1))) if found else (3, 0)
