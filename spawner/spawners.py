@@ -32,14 +32,31 @@ from batchspawner import (
     TorqueSpawner,
 )
 from batchspawner.batchspawner import format_template
-from traitlets import Unicode
+from traitlets import Unicode, default
 
 from .options import Choice
 from .tunnel import BrokerTunnelMixin
 
+RESERVATION_LINE = "{% endif %}{% if reservation%}#SBATCH --reservation={{reservation}}"
+ACCOUNT_AND_QOS = ("{% endif %}{% if account %}#SBATCH --account={{account}}\n"
+                   "{% endif %}{% if qos %}#SBATCH --qos={{qos}}\n")
+
+
+def slurm_script() -> str:
+    """batchspawner's Slurm script with ``--account`` and ``--qos`` lines beside its ``--reservation``
+    (it has req_account and req_qos, but no line that uses them)."""
+    script = str(SlurmSpawner.class_traits()["batch_script"].default_value)
+    if RESERVATION_LINE not in script:  # another batchspawner: its script as it is
+        return script
+    return script.replace(RESERVATION_LINE, ACCOUNT_AND_QOS + RESERVATION_LINE)
+
 
 class SlurmTunnelSpawner(BrokerTunnelMixin, SlurmSpawner):
     """SlurmSpawner through the broker; shows Slurm's pending reason on the spawn page."""
+
+    @default("batch_script")
+    def _batch_script_default(self) -> str:
+        return slurm_script()
 
     # "%T %B %r": state, execution host, reason (Slurm prints "n/a" as host while pending)
     batch_query_cmd = Unicode("squeue -h -j {job_id} -o '%T %B %r'").tag(config=True)

@@ -23,7 +23,7 @@ from ..client import BrokerClient
 from ..wire import ApiError, ConfigurationError, JobEndedError
 from .agent_command import AgentCommandMixin, loggable_script
 from .connect import ConnectToJobMixin
-from .options import ResourceOptionsMixin
+from .form import ResourceOptionsMixin
 
 
 def default_connect_cmd() -> str:
