@@ -29,6 +29,7 @@ from traitlets import Float, Integer, Unicode
 from traitlets.config import Configurable
 
 from ..wire import ConnectToJobError
+from . import port_report
 from .background import BackgroundCommand
 
 if TYPE_CHECKING:
@@ -146,6 +147,7 @@ class ConnectToJobMixin(_SpawnerBase):
     async def start(self) -> Any:
         self.previous_stop, self.stop_reason = self.stop_reason, ""
         self.connect_restarted = 0
+        port_report.ensure_running()  # a class a wrapper imported late still gets the hardened handler
         ip, port = await super().start()
         if not self.connect_to_job_cmd:
             return ip, port

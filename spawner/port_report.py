@@ -5,12 +5,17 @@ with the job's own token: a job could set ``batch_cancel_cmd`` or ``exec_prefix`
 which the hub later runs as its own user. This handler accepts exactly
 ``{"port": <1-65535>}`` and refuses everything else with 400.
 
-Importing :mod:`batchtunnel.spawner` installs it in place of batchspawner's.
+Importing :mod:`batchtunnel.spawner` installs it in place of batchspawner's, in the list JupyterHub
+builds its routes from at start. A spawner class imported *after* the hub started (a wrapper such as
+wrapspawner's ProfilesSpawner importing its children by name at the first spawn) comes too late for
+that list: :func:`ensure_running` then adds the handler to the running hub's routes, ahead of
+batchspawner's, and says so in the log. The tunnel spawners call it before every submission.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from jupyterhub.apihandlers import APIHandler, default_handlers
@@ -18,6 +23,8 @@ from tornado import web
 
 ROUTE = r"/api/batchspawner"
 ALLOWED = {"port"}
+
+log = logging.getLogger(__name__)
 
 
 class PortReportHandler(APIHandler):
@@ -55,3 +62,37 @@ def install() -> None:
             default_handlers[i] = (ROUTE, PortReportHandler)
             return
     default_handlers.append((ROUTE, PortReportHandler))
+
+
+def ensure_running(app: Any = None) -> str:
+    """Make sure the running hub routes port reports to PortReportHandler; returns how it does.
+
+    "at start": the hub built its routes from the list install() changed; "added": the hub had
+    started without it (a late import), so the handler was added to its routes now (logged);
+    "no hub": no JupyterHub application runs in this process (a test, a tool).
+    """
+    if app is None:
+        from jupyterhub.app import JupyterHub
+
+        if not JupyterHub.initialized():
+            return "no hub"
+        app = JupyterHub.instance()
+    application = getattr(app, "tornado_application", None)
+    if application is None:  # configured, not started: the routes will come from the list
+        install()
+        return "at start"
+    if getattr(application, "_batchtunnel_port_report", None):
+        return str(application._batchtunnel_port_report)
+    logger = getattr(app, "log", log)
+    route = app.hub_prefix.rstrip("/") + ROUTE
+    if any(handler is PortReportHandler for _, handler, *_ in getattr(app, "handlers", [])):
+        application._batchtunnel_port_report = "at start"
+        logger.info("Port reports at %s go to batchtunnel's hardened handler (only the port may be set)", route)
+        return "at start"
+    application.add_handlers(".*$", [(route, PortReportHandler)])
+    application._batchtunnel_port_report = "added"
+    logger.warning("The hub started before batchtunnel.spawner was imported (a spawner class named as a string in "
+                "a wrapper's profiles?): port reports at %s now go to batchtunnel's hardened handler. Import "
+                "batchtunnel.spawner in jupyterhub_config.py to have it from the start.", route)
+    return "added"
+
