@@ -16,6 +16,7 @@ Registered under the ``jupyterhub.spawners`` entry point, so
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pwd
 import re
@@ -82,11 +83,7 @@ class SlurmTunnelSpawner(BrokerTunnelMixin, SlurmSpawner):
             return ""
         fields = dict(re.findall(r"(\w+)=(\S*)", out))
         reason = f"{fields.get('JobState', '?')} ({fields.get('Reason', '?')}), exit code {fields.get('ExitCode', '?')}"
-        path = fields.get("StdOut", "")
-        output = _tail(path, _uid(self.user.name))
-        if output:
-            return f"{reason}; its output ({path}) ends: {output}"
-        return f"{reason}; its output: {path}" if path else reason
+        return _with_output(reason, fields.get("StdOut", ""), self.user.name)
 
 
 class TorqueTunnelSpawner(BrokerTunnelMixin, TorqueSpawner):
@@ -118,7 +115,58 @@ class LsfTunnelSpawner(BrokerTunnelMixin, LsfSpawner):
 
 
 class GridEngineTunnelSpawner(BrokerTunnelMixin, GridengineSpawner):
-    """GridengineSpawner through the broker."""
+    """GridengineSpawner through the broker; says why a job ended from Grid Engine's accounting."""
+
+    parallel_environment = Unicode(
+        "",
+        help="Parallel environment that grants the form's CPU cores (``#$ -pe NAME N``), e.g. \"smp\". "
+             "Empty: no -pe line, and the job gets the queue's one slot whatever cores says.",
+    ).tag(config=True)
+
+    def format_resources(self, choice: Choice) -> dict[str, Any]:
+        """Grid Engine's batchspawner script has one free line for directives (``#$ {options}``): the
+        runtime (``-l h_rt``), the memory (``-l mem_free``, a scheduling request, not a limit) and with
+        parallel_environment the cores go there, after the admin's own req_options."""
+        variables = super().format_resources(choice)
+        directives = [getattr(self, "req_options", "")]
+        if "runtime" in variables:
+            directives.append(f"-l h_rt={variables['runtime']}")
+        if "memory" in variables:
+            directives.append(f"-l mem_free={choice.memory_gb}G")
+        if self.parallel_environment and "nprocs" in variables:
+            directives.append(f"-pe {self.parallel_environment} {choice.cores}")
+        if choice.partition:
+            directives.append(f"-q {choice.partition}")
+        variables["options"] = " ".join(d for d in directives if d)
+        return variables
+
+    batch_end_cmd = Unicode(
+        "qacct -j {job_id}",
+        help="Command whose output says how a finished job ended (failed, exit_status: Grid Engine's "
+             "accounting, written a moment after the job ends).",
+    ).tag(config=True)
+
+    async def job_end_reason(self, job_id: str) -> str:
+        subvars = {**self.get_req_subvars(), "job_id": job_id}
+        command = " ".join((format_template(self.exec_prefix, **subvars),
+                            format_template(self.batch_end_cmd, **subvars)))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ACCOUNTING_WAIT
+        while True:  # the record appears once qmaster flushes it (flush_finish_sec)
+            try:
+                out = await self.run_command(command)
+                break
+            except RuntimeError:
+                if loop.time() > deadline:
+                    return ""
+                await asyncio.sleep(0.5)
+        fields = dict(re.findall(r"^(\w+)\s+(.*?)\s*$", out, re.MULTILINE))
+        reason = f"exit status {fields.get('exit_status', '?')}"
+        if fields.get("failed", "0") not in ("0", ""):
+            reason += f", failed: {fields['failed']}"
+        output = re.search(r"^#\$ -o (\S+)", self.batch_script, re.MULTILINE)  # e.g. {homedir}/.jupyterhub.sge.out
+        path = format_template(output.group(1), **subvars) if output else ""
+        return _with_output(reason, path, self.user.name)
 
 
 class CondorTunnelSpawner(BrokerTunnelMixin, CondorSpawner):
@@ -129,6 +177,18 @@ __all__ = [
     "CondorTunnelSpawner", "GridEngineTunnelSpawner", "LsfTunnelSpawner", "MoabTunnelSpawner", "PBSTunnelSpawner",
     "SlurmTunnelSpawner", "TorqueTunnelSpawner",
 ]
+
+
+ACCOUNTING_WAIT = 10.0
+"""Seconds to wait for a finished Grid Engine job's accounting record."""
+
+
+def _with_output(reason: str, path: str, user: str) -> str:
+    """The reason, with where the job's output is and how it ends."""
+    output = _tail(path, _uid(user))
+    if output:
+        return f"{reason}; its output ({path}) ends: {output}"
+    return f"{reason}; its output: {path}" if path else reason
 
 
 def _tail(path: str, owner: int | None, lines: int = 3) -> str:

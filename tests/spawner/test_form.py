@@ -134,3 +134,14 @@ def test_a_profile_naming_an_unknown_environment_is_a_configuration_error() -> N
     s = spawner(options_profiles=[{"slug": "a", "limits": {"environments": ["Julia"]}}])
     with pytest.raises(ConfigurationError, match="names environments that options_environments does not have"):
         s.check_options({})
+
+
+def test_grid_engine_gets_its_resources_on_its_one_directives_line() -> None:
+    from batchtunnel.spawner import GridEngineTunnelSpawner
+
+    s = spawner(GridEngineTunnelSpawner, parallel_environment="smp", req_options="-P physics")
+    s.user_options = {"cores": 2, "memory_gb": 4, "runtime_minutes": 90, "partition": "gpu"}
+    assert s.validated_options()["options"] == "-P physics -l h_rt=01:30:00 -l mem_free=4G -pe smp 2 -q gpu"
+    plain = spawner(GridEngineTunnelSpawner, options_partitions=[])
+    plain.user_options = {"cores": 2}
+    assert "-pe" not in plain.validated_options()["options"]  # no parallel environment: no cores request

@@ -114,9 +114,15 @@ class Hub(HubClient):
                            "agent_cmd": [str(JOBENV / "batchtunnel"), "agent"],
                            "batchspawner_singleuser_cmd": str(JOBENV / "batchspawner-singleuser"),
                            "cmd": [str(JOBENV / "jupyterhub-singleuser")]},
+            # The real Grid Engine cell of scripts/gridengine-cluster.sh, the same way.
+            "real-gridengine": {"exec_prefix": "sudo -E -u {username}",
+                                "agent_cmd": [str(JOBENV / "batchtunnel"), "agent"],
+                                "batchspawner_singleuser_cmd": str(JOBENV / "batchspawner-singleuser"),
+                                "cmd": [str(JOBENV / "jupyterhub-singleuser")]},
         }[backend]
         spawner_class = {"slurm": "SlurmTunnelSpawner", "torque": "TorqueTunnelSpawner",
-                         "real-slurm": "SlurmTunnelSpawner"}[backend]
+                         "real-slurm": "SlurmTunnelSpawner", "real-gridengine": "GridEngineTunnelSpawner"}[backend]
+        entry_point = {"torque": "torque-tunnel", "real-gridengine": "gridengine-tunnel"}.get(backend, "slurm-tunnel")
         settings: dict[str, Any] = {
             "exec_prefix": "",
             "startup_poll_interval": 0.2,
@@ -151,7 +157,7 @@ class Hub(HubClient):
             f"c.JupyterHub.services = [{{'name': 'tester', 'api_token': {self.token!r}}}]",
             "c.JupyterHub.load_roles = [{'name': 'tester', 'services': ['tester'], 'scopes': "
             "['admin:users', 'admin:servers', 'access:servers', 'read:users', 'list:users', 'tokens']}]",
-            f"c.JupyterHub.spawner_class = {'torque-tunnel' if backend == 'torque' else 'slurm-tunnel'!r}",
+            f"c.JupyterHub.spawner_class = {entry_point!r}",
             f"c.Spawner.cmd = [{str(BIN / 'jupyterhub-singleuser')!r}]",
             "c.Spawner.args = ['--allow-root']",
             "c.Spawner.start_timeout = 120",

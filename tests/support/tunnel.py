@@ -37,8 +37,8 @@ def make_pki(directory: Path) -> Pki:
 
     directory.mkdir(parents=True, exist_ok=True)
     ca_cert, ca_key = ca.create_ca()
-    # 10.213.7.1: the hub side of the test Slurm cluster (scripts/slurm-cluster.sh)
-    cert, key = ca.issue_server(ca_cert, ca_key, ["localhost"], ["127.0.0.1", "10.213.7.1"])
+    # 10.213.7.1, 10.213.8.1: the hub side of the test Slurm cluster and Grid Engine cell (scripts/*-cluster.sh)
+    cert, key = ca.issue_server(ca_cert, ca_key, ["localhost"], ["127.0.0.1", "10.213.7.1", "10.213.8.1"])
     ca.write_pem(str(directory / "ca.pem"), ca.cert_pem(ca_cert), False, True)
     ca.write_pem(str(directory / "broker.pem"), ca.cert_pem(cert), False, True)
     ca.write_pem(str(directory / "broker-key.pem"), ca.key_pem(key), True, True)
