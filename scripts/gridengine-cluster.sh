@@ -218,9 +218,10 @@ login() {  # login on|off: sshd in the node's namespace, the cluster's "login no
         if ! alive "$pidfile" sshd; then
             nsenter --net="/run/netns/$NS" --uts="$RUN/node.uts" /usr/sbin/sshd -o "PidFile=$pidfile" \
                 -o "ListenAddress=$NODE_IP" -o "AcceptEnv=BATCHTUNNEL_* JUPYTERHUB_* JPY_* SGE_*" \
-                -o PasswordAuthentication=no -o PermitRootLogin=no
+                -o PasswordAuthentication=no -o PermitRootLogin=no > /dev/null 2>&1 < /dev/null  # not our stdout
         fi
-        wait_for 10 "sshd on $NODE_IP:22" bash -c "exec 3<>/dev/tcp/$NODE_IP/22"
+        wait_for 10 "sshd on $NODE_IP:22" timeout 1 bash -c "exec 3<>/dev/tcp/$NODE_IP/22"
+        qconf -ss 2>/dev/null | grep -qx "$NODE" || qconf -as "$NODE" >/dev/null  # jobs are submitted there
     elif alive "$pidfile" sshd; then
         kill "$(cat "$pidfile")"
     fi
@@ -264,11 +265,11 @@ case "${1:-up}" in
         echo "SGE_CELL=$SGE_CELL"
         ;;
     firewall) shift; firewall "$@" ;;
-    login)
+    login)  # the firewall first: sshd's port must be open before it is waited for
         LOGIN_PORT=$([ "${2:-on}" = on ] && echo 22 || true)
-        login "${2:-on}"
         # shellcheck disable=SC2046
-        firewall $(cat "$RUN/firewall.ports" 2>/dev/null || true) ;;
+        firewall $(cat "$RUN/firewall.ports" 2>/dev/null || true)
+        login "${2:-on}" ;;
     status) qstat -f -u '*'; ip netns exec "$NS" nft list ruleset ;;
     down) down ;;
     *) echo "usage: $0 up | firewall [PORT...] | login on|off | status | down" >&2; exit 2 ;;

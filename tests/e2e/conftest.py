@@ -16,6 +16,7 @@ from tests.support.tunnel import BrokerProcess, Pki
 HUB_SIDE = "10.213.7.1"
 NODE = "10.213.7.2"
 CLUSTER = ROOT / "scripts" / "slurm-cluster.sh"
+CELL = ROOT / "scripts" / "gridengine-cluster.sh"
 
 REQUIREMENTS = [
     pytest.mark.skipif(os.geteuid() != 0, reason="the Slurm cluster needs root"),
@@ -56,4 +57,20 @@ def empty_queue() -> None:
     wait_until(lambda: subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout.strip() == "",
                60, "the Slurm queue to empty")
 
+
+def cell(*args: str) -> str:
+    """scripts/gridengine-cluster.sh ARGS; its output."""
+    done = subprocess.run([str(CELL), *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.fixture(scope="session")
+def gridengine() -> Iterator[None]:
+    """The Grid Engine cell of scripts/gridengine-cluster.sh, up for the session."""
+    for line in cell("up").split():
+        key, value = line.split("=", 1)
+        os.environ[key] = value  # SGE_ROOT, SGE_CELL: GridengineSpawner passes them to qsub
+    yield
+    cell("down")
 

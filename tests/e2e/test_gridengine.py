@@ -19,39 +19,23 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.hub import ROOT, Hub, ensure_user
+from tests.support.hub import Hub, ensure_user
 from tests.support.processes import ProcessGroup, free_port, port_open, wait_until
 from tests.support.tunnel import BrokerProcess, Pki
 
-from .conftest import REQUIREMENTS
+from .conftest import REQUIREMENTS, cell
 from .test_slurm import execute, get, spawn, user_token
 
 pytestmark = REQUIREMENTS
 
 MASTER, NODE = "10.213.8.1", "10.213.8.2"
-CELL = ROOT / "scripts" / "gridengine-cluster.sh"
 USERS = ("btge1", "btge2")
-
-
-def cell(*args: str) -> str:
-    done = subprocess.run([str(CELL), *args], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
 
 
 def qstat() -> str:
     """Every user's jobs: "JOBID USER STATE" lines."""
     done = subprocess.run(["qstat", "-u", "*"], capture_output=True, text=True, timeout=30)
     return "\n".join(" ".join(line.split()[i] for i in (0, 3, 4)) for line in done.stdout.splitlines()[2:])
-
-
-@pytest.fixture(scope="session")
-def gridengine() -> Iterator[None]:
-    for line in cell("up").split():
-        key, value = line.split("=", 1)
-        os.environ[key] = value  # SGE_ROOT, SGE_CELL: GridengineSpawner passes them to qsub
-    yield
-    cell("down")
 
 
 @pytest.fixture
