@@ -43,6 +43,44 @@ else:
 _RPORT = re.compile(r"\brport\b")
 
 
+READY_POLL = 0.02
+"""Seconds between looks at the connect step's port while waiting for it to listen."""
+
+
+async def wait_ready(connect: BackgroundCommand, port: int, limit: float, taken: bool) -> tuple[float, str]:
+    """Wait until the connect command listens on ``port``, exits, or ``limit`` seconds pass; returns the
+    seconds waited and which. Listening is read from the kernel's socket tables (/proc/net/tcp*), not
+    by connecting: a probe connection would open a stream through the tunnel to a notebook that may
+    not be up yet. A port ``taken`` before the command started says nothing: then only the limit."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while True:
+        waited = loop.time() - started
+        if connect.exited():
+            return waited, "exited"
+        if not taken and listening(port):
+            return waited, f"listening on port {port}"
+        if waited >= limit:
+            return waited, "still running, its port not listening yet"
+        await asyncio.sleep(min(READY_POLL, max(0.0, limit - waited)))
+
+
+def listening(port: int) -> bool:
+    """Does a TCP socket of this network namespace listen on ``port`` (any address)?"""
+    suffix = f":{port:04X}"
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table, encoding="ascii") as f:
+                next(f, None)  # the header
+                for line in f:
+                    fields = line.split(None, 4)
+                    if len(fields) > 3 and fields[3] == "0A" and fields[1].endswith(suffix):  # 0A: LISTEN
+                        return True
+        except OSError:
+            continue
+    return False
+
+
 class ConnectToJobMixin(_SpawnerBase):
     """Adds the connect-to-job step to a batchspawner class: put it before the class in the bases."""
 
@@ -81,8 +119,10 @@ class ConnectToJobMixin(_SpawnerBase):
     connect_startup_check = Float(
         1.0,
         help="""
-        Seconds after starting connect_to_job_cmd at which it must still be running; if it has exited
-        by then, the spawn fails with its exit status and last output. 0 checks at once.
+        Longest wait, in seconds, for connect_to_job_cmd to be ready. The spawn goes on as soon as
+        something listens on the hub-side port it was given (``{port}``), or once this time has passed
+        with the command still running; if the command exits first, the spawn fails with its exit
+        status and last output. 0 checks at once.
         """,
     ).tag(config=True)
 
@@ -154,9 +194,11 @@ class ConnectToJobMixin(_SpawnerBase):
         command, local_port = self.render_connect_cmd(ip, port)
         connect = BackgroundCommand(command, self.connect_env(), name="connect-to-job command")
         self.log.info("Starting connect-to-job command for job %s: %s", self.job_id, command)
+        taken = listening(local_port)  # e.g. {port} is the notebook's own port, already forwarded
         await connect.start()
         self._connect = connect
-        await asyncio.sleep(self.connect_startup_check)
+        waited, why = await wait_ready(connect, local_port, self.connect_startup_check, taken)
+        self.log.debug("Connect-to-job command for job %s: %s after %.0f ms", self.job_id, why, waited * 1000)
         if connect.exited():
             reason = connect.describe_exit()
             await connect.terminate(self.connect_stop_timeout)

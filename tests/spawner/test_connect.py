@@ -319,3 +319,38 @@ async def test_the_stop_reason_is_kept_for_the_users_next_spawn() -> None:
     assert again.previous_stop == "connect-to-job command exited with status 4: lost the broker"
     assert "stop_reason" not in again.get_state()
     await again.stop()
+
+
+LISTEN = ("python3 -c 'import socket, time; s = socket.create_server((\"127.0.0.1\", {port})); time.sleep(300)'"
+          " # forwards to {rport}")
+
+
+async def test_the_spawn_goes_on_once_the_command_listens_not_after_a_fixed_wait(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The readiness signal is the hub-side port listening: with a 60 s limit, a command that listens
+    at once is taken as ready then (waiting the limit out would time this test out)."""
+    spawner = Connecting(connect_to_job_cmd=LISTEN, connect_startup_check=60)
+    spawner.log = logging.getLogger("test-connect")
+    with caplog.at_level(logging.DEBUG, logger="test-connect"):
+        _, port = await spawner.start()
+    assert f"listening on port {port} after" in caplog.text
+    still = Connecting(connect_to_job_cmd="sleep 300 # {port} {rport}", connect_startup_check=0.2)
+    still.log = logging.getLogger("test-connect")
+    with caplog.at_level(logging.DEBUG, logger="test-connect"):
+        await still.start()  # never listens, keeps running: ready once the limit has passed
+    assert "still running, its port not listening yet after" in caplog.text
+    for s in (spawner, still):
+        await s._stop_connect()
+
+
+async def test_a_port_already_listening_is_no_readiness_signal() -> None:
+    """``{port}`` without ``{rport}`` is the notebook's own port: if something listens there already,
+    the command's exit within the check is what counts, as before."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        spawner = Connecting(connect_to_job_cmd="sleep 0.2; echo 'bind: Address already in use' >&2; exit 255",
+                             connect_startup_check=5)
+        spawner.notebook_port = busy.getsockname()[1]
+        with pytest.raises(ConnectToJobError, match="status 255: bind: Address already in use"):
+            await spawner.start()
