@@ -176,9 +176,10 @@ class ResourceOptionsMixin(Configurable):
         The admin's batchspawner settings (req_nprocs, req_memory, req_runtime, req_ngpus,
         req_partition/req_queue) are the starting values where options_defaults does not say
         otherwise, and always within the limits."""
-        profiles = self.profile_limits()
+        base = self.base_limits()
+        profiles = self.profile_limits(base)
         if not profiles:
-            return self.base_limits()
+            return base
         slug = (raw or {}).get("profile") or self.default_profile()
         if slug not in profiles:
             raise OptionsError(f"Invalid spawn options: profile: {str(slug)[:40]!r} is not one of: "
@@ -202,9 +203,10 @@ class ResourceOptionsMixin(Configurable):
                       self.options_gpus_max, list(self.options_partitions), dict(self.options_environments),
                       {**admin, **self.options_defaults}, dict(self.options_extra), choices)
 
-    def profile_limits(self) -> dict[str, Limits]:
-        """slug -> the profile's limits: the base limits with the profile's own over them."""
-        base = self.base_limits()
+    def profile_limits(self, base: Limits | None = None) -> dict[str, Limits]:
+        """slug -> the profile's limits: the base limits (given, or computed here: the account and
+        the like may come from a site's function) with the profile's own over them."""
+        base = base or self.base_limits()
         found: dict[str, Limits] = {}
         for profile in self.options_profiles:
             own = dict(profile.get("limits", {}))
@@ -265,14 +267,16 @@ class ResourceOptionsMixin(Configurable):
 
     def form_context(self) -> dict[str, Any]:
         """The template's variables (documented at the top of templates/options_form.html)."""
-        profiles = self.profile_limits() or {"": self.base_limits()}
+        base = self.base_limits()  # once: options_accounts and the like may run a command
+        profiles = self.profile_limits(base) or {"": base}
+        starting = {slug: validate({}, limits) for slug, limits in profiles.items()}
         selected = self.default_profile()
         # GPUs only where some profile offers them; the other numbers always.
         shown = {key: key != "gpus" or any(limits.gpus_max for limits in profiles.values()) for key in NUMBERS}
         described = {p["slug"]: p for p in self.options_profiles}
         entries = []
         for slug, limits in profiles.items():
-            choice = validate({}, limits)
+            choice = starting[slug]
             fields = {key: {"value": getattr(choice, key), "max": getattr(limits, NUMBERS[key][0]),
                             "min": NUMBERS[key][1]} for key in NUMBERS}
             fields["partition"] = {"value": choice.partition, "choices": limits.partitions}
@@ -281,15 +285,14 @@ class ResourceOptionsMixin(Configurable):
                             "description": described.get(slug, {}).get("description", ""),
                             "selected": slug == selected, "fields": fields})
         current = next((e for e in entries if e["selected"]), entries[0])
-        base = self.base_limits()
-        first = validate({}, profiles[current["slug"]])
+        first = starting[current["slug"]]
         return {
             "profiles": entries if self.options_profiles else [],
             "current": current,
             "numbers": [{"name": key, "label": LABELS[key], **current["fields"][key]} for key in NUMBERS
                         if shown[key]],
             "selects": [{"name": key, "label": LABELS[key], **current["fields"][key]} for key in NAMES
-                        if any(current_choices(e, key) for e in entries)],
+                        if any(e["fields"][key]["choices"] for e in entries)],
             "optional": [{"name": key, "label": LABELS[key], "choices": base.choices[key],
                           "value": first.chosen.get(key, "")} for key in OPTIONAL if key in base.choices],
             "extra": [{"name": name, "label": name.replace("_", " ").capitalize(), "value": first.extra.get(name, ""),
@@ -326,7 +329,7 @@ class ResourceOptionsMixin(Configurable):
             "memory": f"{choice.memory_gb}G",
             "runtime": f"{hours:02d}:{minutes:02d}:00",
         }
-        if self.option_limits({"profile": choice.profile} if choice.profile else None).gpus_max:
+        if choice.gpus_offered:
             variables["ngpus"] = str(choice.gpus) if choice.gpus else ""
             variables["gres"] = f"gpu:{choice.gpus}" if choice.gpus else ""
         variables.update(choice.chosen)
@@ -344,11 +347,6 @@ class ResourceOptionsMixin(Configurable):
             existing = getattr(self, "req_prologue", "")
             variables["prologue"] = f"{existing}\n{prologue}" if existing else prologue
         return variables
-
-
-def current_choices(entry: dict[str, Any], key: str) -> list[str]:
-    choices: list[str] = entry["fields"][key]["choices"]
-    return choices
 
 
 def check_user_options(spawner: Any, user_options: dict[str, Any]) -> None:

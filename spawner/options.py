@@ -44,6 +44,7 @@ class Choice:
     extra: dict[str, str] = field(default_factory=dict)  # the admin's extra options the user set
     chosen: dict[str, str] = field(default_factory=dict)  # account/qos/reservation, when not left empty
     profile: str = ""
+    gpus_offered: bool = field(default=False, compare=False)  # the limits let the user choose GPUs
 
 
 NUMBERS = {
@@ -124,7 +125,7 @@ def validate(raw: dict[str, Any] | None, limits: Limits) -> Choice:
             extra[key] = value
     if problems:
         raise OptionsError("Invalid spawn options: " + "; ".join(problems))
-    return Choice(**values, extra=extra, chosen=chosen, profile=limits.profile)
+    return Choice(**values, extra=extra, chosen=chosen, profile=limits.profile, gpus_offered=limits.gpus_max > 0)
 
 
 def _integer(value: Any) -> int | None:

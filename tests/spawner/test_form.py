@@ -145,3 +145,16 @@ def test_grid_engine_gets_its_resources_on_its_one_directives_line() -> None:
     plain = spawner(GridEngineTunnelSpawner, options_partitions=[])
     plain.user_options = {"cores": 2}
     assert "-pe" not in plain.validated_options()["options"]  # no parallel environment: no cores request
+
+
+def test_a_sites_account_function_runs_once_per_form_and_once_per_check() -> None:
+    calls = []
+
+    def accounts(sp: Any) -> list[str]:  # a site's would run sacctmgr: not three times per spawn
+        calls.append(1)
+        return ["physics"]
+
+    s = spawner(options_accounts=accounts, options_profiles=PROFILES)
+    assert 'id="bt-account"' in s.render_options_form() and len(calls) == 1
+    s.user_options = {"profile": "gpu", "account": "physics"}
+    assert s.validated_options()["account"] == "physics" and len(calls) == 2
