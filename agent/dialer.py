@@ -34,7 +34,7 @@ from ..wire import (
     Settings,
     Side,
 )
-from .proxy import Proxy, choose_proxy, open_through
+from .proxy import Proxy, address, choose_proxy, open_through
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +81,10 @@ class AgentConfig:
             raise ConfigurationError("--heartbeat-timeout must be longer than --heartbeat-interval")
         if self.resume_grace < 0:
             raise ConfigurationError("--resume-grace must be 0 (off) or more seconds")
-        choose_proxy(self.url, self.proxy, self.environ)  # raises on a proxy URL it cannot use
 
     @property
     def broker_address(self) -> tuple[str, int]:
-        url = urlsplit(self.url)
-        return url.hostname or "", url.port or (443 if url.scheme == "wss" else 80)
+        return address(self.url)
 
 
 def backoff_delays(initial: float, maximum: float, rng: random.Random) -> Iterator[float]:
@@ -111,7 +109,7 @@ class Agent:
         self._hub_api_server: asyncio.AbstractServer | None = None
         self._pins = {parse_fingerprint(text) for text in config.fingerprints}
         self._retry_after = 0.0  # what the broker last asked for with Retry-After
-        self.proxy: Proxy | None = choose_proxy(config.url, config.proxy, config.environ)
+        self.proxy: Proxy | None = choose_proxy(config.url, config.proxy, config.environ)  # raises on a bad one
 
     async def listen_hub_api(self) -> int:
         """Single-outbound-port mode: accept on a free 127.0.0.1 port; each connection goes to the hub's

@@ -81,14 +81,18 @@ def parse_proxy(url: str, source: str) -> Proxy:
                  unquote(parts.username or ""), unquote(parts.password or ""))
 
 
+def address(url: str) -> tuple[str, int]:
+    """The host and port a ws:// or wss:// URL names (the scheme's port if it gives none)."""
+    parts = urlsplit(url)
+    return parts.hostname or "", parts.port or (443 if parts.scheme == "wss" else 80)
+
+
 def choose_proxy(broker_url: str, setting: str | None, environ: Mapping[str, str]) -> Proxy | None:
     """The proxy to reach the broker through, or None to dial directly (see the module's docstring)."""
     if setting:
         return None if setting.strip().lower() == "none" else parse_proxy(setting, "--proxy")
-    url = urlsplit(broker_url)
-    host = url.hostname or ""
-    port = url.port or (443 if url.scheme == "wss" else 80)
-    names = ("https_proxy", "HTTPS_PROXY") if url.scheme == "wss" else ("http_proxy", "HTTP_PROXY")
+    host, port = address(broker_url)
+    names = ("https_proxy", "HTTPS_PROXY") if broker_url.startswith("wss:") else ("http_proxy", "HTTP_PROXY")
     for name in (*names, "all_proxy", "ALL_PROXY"):
         value = environ.get(name, "").strip()
         if value:

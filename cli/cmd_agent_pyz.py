@@ -78,7 +78,7 @@ def build(output: Path, websockets_dir: str | None, interpreter: str) -> tuple[t
     from ..wire import ConfigurationError
 
     package = Path(__file__).resolve().parent.parent  # batchtunnel's own directory
-    websockets, metadata = _find_websockets(websockets_dir)
+    websockets, metadata, license_text = _find_websockets(websockets_dir)
     version = _field(metadata, "Version") or "unknown"
     floor = max(AGENT_FLOOR, _requires_python(_field(metadata, "Requires-Python")))
     with tempfile.TemporaryDirectory() as tmp:
@@ -97,7 +97,6 @@ def build(output: Path, websockets_dir: str | None, interpreter: str) -> tuple[t
             destination = root / "websockets" / source.relative_to(websockets)
             destination.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, destination)
-        license_text = _license(websockets_dir)
         if license_text:
             (root / "websockets" / "LICENSE").write_text(license_text, encoding="utf-8")
         (root / "__main__.py").write_text(MAIN.format(version=__version__, floor=floor, websockets=version,
@@ -109,8 +108,9 @@ def build(output: Path, websockets_dir: str | None, interpreter: str) -> tuple[t
     return floor, version
 
 
-def _find_websockets(directory: str | None) -> tuple[Path, str]:
-    """The websockets package directory and its METADATA text ("" if none is found)."""
+def _find_websockets(directory: str | None) -> tuple[Path, str, str]:
+    """The websockets package directory, its METADATA and its license text (BSD-3-Clause: it travels
+    with the code); "" for what is not found."""
     from ..wire import ConfigurationError
 
     if directory:
@@ -118,32 +118,22 @@ def _find_websockets(directory: str | None) -> tuple[Path, str]:
         if not (package / "__init__.py").is_file():
             raise ConfigurationError(f"--websockets: {directory} holds no websockets package (pip install --target "
                                      f"{directory} websockets)")
-        metadata = next(iter(sorted(Path(directory).glob("websockets-*.dist-info/METADATA"))), None)
-        return package, metadata.read_text(encoding="utf-8") if metadata else ""
+        info = next(iter(sorted(Path(directory).glob("websockets-*.dist-info"))), None)
+        metadata = info / "METADATA" if info else None
+        license_file = next(iter(sorted(info.glob("**/LICENSE*"))), None) if info else None
+        return (package, metadata.read_text(encoding="utf-8") if metadata and metadata.is_file() else "",
+                license_file.read_text(encoding="utf-8") if license_file else "")
     spec = importlib.util.find_spec("websockets")
     if spec is None or not spec.submodule_search_locations:
         raise ConfigurationError("websockets is not installed here: install it, or give --websockets DIR")
+    package = Path(next(iter(spec.submodule_search_locations)))
     try:
-        metadata_text = importlib.metadata.distribution("websockets").read_text("METADATA") or ""
+        distribution = importlib.metadata.distribution("websockets")
     except importlib.metadata.PackageNotFoundError:
-        metadata_text = ""
-    return Path(next(iter(spec.submodule_search_locations))), metadata_text
-
-
-def _license(directory: str | None) -> str:
-    """websockets' license text (BSD-3-Clause: it travels with the code)."""
-    if directory:
-        for candidate in sorted(Path(directory).glob("websockets-*.dist-info/**/LICENSE*")):
-            return candidate.read_text(encoding="utf-8")
-        return ""
-    try:
-        files = importlib.metadata.distribution("websockets").files or []
-    except importlib.metadata.PackageNotFoundError:
-        return ""
-    for file in files:
-        if Path(str(file)).name.startswith("LICENSE"):
-            return Path(str(file.locate())).read_text(encoding="utf-8")
-    return ""
+        return package, "", ""
+    installed = next((f for f in distribution.files or [] if Path(str(f)).name.startswith("LICENSE")), None)
+    return (package, distribution.read_text("METADATA") or "",
+            Path(str(installed.locate())).read_text(encoding="utf-8") if installed else "")
 
 
 def _field(metadata: str, name: str) -> str:
