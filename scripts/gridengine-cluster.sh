@@ -17,6 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/apt.sh
+. scripts/testnode.sh
 
 NS=btge
 NODE=btge1
@@ -33,12 +34,6 @@ QMASTER_PID=/var/spool/gridengine/qmaster/qmaster.pid
 EXECD_PID=/var/spool/gridengine/execd/$NODE/execd.pid
 
 log() { echo "gridengine-cluster: $*" >&2; }
-
-wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
-    local secs=$1 what=$2; shift 2
-    for _ in $(seq $((secs * 10))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
-    log "timed out waiting for $what"; return 1
-}
 
 alive() {  # alive PIDFILE NAME: the daemon of that pid file runs (not a zombie)
     local pid
@@ -75,15 +70,7 @@ uts() {  # uts NAME HOSTNAME: a persistent UTS namespace (bind-mounted at $RUN/N
 }
 
 setup_network() {
-    [ -e "/run/netns/$NS" ] || ip netns add "$NS"
-    if ! ip link show "$HUB_IF" >/dev/null 2>&1; then
-        ip link add "$HUB_IF" type veth peer name "$NODE_IF" netns "$NS"
-    fi
-    ip addr replace "$HUB_IP/30" dev "$HUB_IF"
-    ip -n "$NS" addr replace "$NODE_IP/30" dev "$NODE_IF"
-    ip link set "$HUB_IF" up
-    ip -n "$NS" link set lo up
-    ip -n "$NS" link set "$NODE_IF" up
+    node_namespace "$NS" "$HUB_IF" "$NODE_IF" "$HUB_IP" "$NODE_IP"
     grep -q "^$HUB_IP[[:space:]]" /etc/hosts || echo "$HUB_IP $MASTER" >> /etc/hosts
     grep -q "^$NODE_IP[[:space:]]" /etc/hosts || echo "$NODE_IP $NODE" >> /etc/hosts
     uts master "$MASTER"

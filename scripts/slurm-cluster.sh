@@ -13,6 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/apt.sh
+. scripts/testnode.sh
 
 STATE=${BT_CLUSTER_DIR:-/var/lib/batchtunnel-cluster}
 NS=btnode
@@ -30,12 +31,6 @@ install_packages() {
 }
 
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
-
-wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
-    local secs=$1 what=$2; shift 2
-    for _ in $(seq $((secs * 10))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
-    log "timed out waiting for $what"; return 1
-}
 
 start_munge() {
     install -d -o munge -g munge -m 0755 /run/munge
@@ -82,20 +77,6 @@ AccountingStorageType=accounting_storage/none
 NodeName=$NODE NodeAddr=$NODE_IP CPUs=$(nproc) RealMemory=4000 State=UNKNOWN
 PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:8
 CONF
-}
-
-setup_namespace() {
-    if [ ! -e "/run/netns/$NS" ]; then
-        ip netns add "$NS"
-    fi
-    if ! ip link show "$HUB_IF" >/dev/null 2>&1; then
-        ip link add "$HUB_IF" type veth peer name "$NODE_IF" netns "$NS"
-        ip addr add "$HUB_IP/30" dev "$HUB_IF"
-        ip -n "$NS" addr add "$NODE_IP/30" dev "$NODE_IF"
-    fi
-    ip link set "$HUB_IF" up
-    ip -n "$NS" link set lo up
-    ip -n "$NS" link set "$NODE_IF" up
 }
 
 firewall() {  # firewall default | strict PORT...
@@ -168,7 +149,7 @@ case "${1:-up}" in
         install_packages
         start_munge
         write_config
-        setup_namespace
+        node_namespace "$NS" "$HUB_IF" "$NODE_IF" "$HUB_IP" "$NODE_IP"
         firewall default
         start_slurm
         log "up: node $NODE ($NODE_IP, namespace $NS) idle; hub side $HUB_IP"

@@ -74,9 +74,7 @@ class SlurmTunnelSpawner(BrokerTunnelMixin, SlurmSpawner):
         return "" if reason in ("", "None", "(null)") else reason
 
     async def job_end_reason(self, job_id: str) -> str:
-        subvars = {**self.get_req_subvars(), "job_id": job_id}
-        command = " ".join((format_template(self.exec_prefix, **subvars),
-                            format_template(self.batch_end_cmd, **subvars)))
+        command, _ = _end_command(self, job_id)
         try:
             out = await self.run_command(command)
         except RuntimeError:
@@ -147,9 +145,7 @@ class GridEngineTunnelSpawner(BrokerTunnelMixin, GridengineSpawner):
     ).tag(config=True)
 
     async def job_end_reason(self, job_id: str) -> str:
-        subvars = {**self.get_req_subvars(), "job_id": job_id}
-        command = " ".join((format_template(self.exec_prefix, **subvars),
-                            format_template(self.batch_end_cmd, **subvars)))
+        command, subvars = _end_command(self, job_id)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + ACCOUNTING_WAIT
         while True:  # the record appears once qmaster flushes it (flush_finish_sec)
@@ -181,6 +177,14 @@ __all__ = [
 
 ACCOUNTING_WAIT = 10.0
 """Seconds to wait for a finished Grid Engine job's accounting record."""
+
+
+def _end_command(spawner: Any, job_id: str) -> tuple[str, dict[str, Any]]:
+    """The spawner's batch_end_cmd for ``job_id``, behind its exec_prefix, and the variables used."""
+    subvars = {**spawner.get_req_subvars(), "job_id": job_id}
+    command = " ".join((format_template(spawner.exec_prefix, **subvars),
+                        format_template(spawner.batch_end_cmd, **subvars)))
+    return command, subvars
 
 
 def _with_output(reason: str, path: str, user: str) -> str:

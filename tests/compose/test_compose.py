@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.browser import CHROMIUM_ARGS, Shots, chromium, open_notebook, run_cell, wait_for
+from tests.support.browser import Shots, chromium, chromium_browser, open_notebook, run_cell, wait_for
 from tests.support.hub import ROOT
 from tests.support.processes import free_port, wait_until
 
@@ -152,115 +152,107 @@ def _hub_answers(port: int) -> bool:
 
 
 def test_the_compose_demo_end_to_end(stack: Stack) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     base = f"http://127.0.0.1:{stack.port}"
     password = stack.exec("hub", "cat", "/secrets/password").stdout.strip()
     admin_password = stack.exec("hub", "cat", "/secrets/admin-password").stdout.strip()
     shot = Shots(ARTIFACTS)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
-            page.set_default_timeout(30_000)
-            sockets: list[Any] = []
-            page.on("websocket", lambda ws: sockets.append(ws) if "/channels" in ws.url else None)
+    with chromium_browser(ARTIFACTS) as browser:
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.set_default_timeout(30_000)
+        sockets: list[Any] = []
+        page.on("websocket", lambda ws: sockets.append(ws) if "/channels" in ws.url else None)
 
-            # The login page: the site's news (docker/hub/templates/login.html) and the demo users.
-            page.goto(f"{base}/hub/login")
-            expect(page.locator("#site-news")).to_contain_text("news and known issues")
-            expect(page.locator("#demo-users")).to_contain_text("demo1, demo2")
-            page.fill("#username_input", "demo2")
-            page.fill("#password_input", password)
-            shot(page, "login")
-            page.click("#login_submit")
+        # The login page: the site's news (docker/hub/templates/login.html) and the demo users.
+        page.goto(f"{base}/hub/login")
+        expect(page.locator("#site-news")).to_contain_text("news and known issues")
+        expect(page.locator("#demo-users")).to_contain_text("demo1, demo2")
+        page.fill("#username_input", "demo2")
+        page.fill("#password_input", password)
+        shot(page, "login")
+        page.click("#login_submit")
 
-            page.wait_for_selector("#bt-cores")
-            page.fill("#bt-cores", "1")
-            page.fill("#bt-memory_gb", "1")
-            page.fill("#bt-runtime_minutes", "30")
-            shot(page, "options")
-            spawned = time.monotonic()
-            page.click("form#spawn_form button[type=submit], form#spawn_form input[type=submit]")
-            expect(page.locator("#progress-log")).to_contain_text(re.compile(r"running on node[12]"),
-                                                                  timeout=180_000)
-            shot(page, "progress")
-            page.wait_for_selector("#jp-main-dock-panel", timeout=180_000)
-            stack.timings["spawn_to_jupyterlab_s"] = round(time.monotonic() - spawned, 1)
-            shot(page, "jupyterlab")
+        page.wait_for_selector("#bt-cores")
+        page.fill("#bt-cores", "1")
+        page.fill("#bt-memory_gb", "1")
+        page.fill("#bt-runtime_minutes", "30")
+        shot(page, "options")
+        spawned = time.monotonic()
+        page.click("form#spawn_form button[type=submit], form#spawn_form input[type=submit]")
+        expect(page.locator("#progress-log")).to_contain_text(re.compile(r"running on node[12]"),
+                                                              timeout=180_000)
+        shot(page, "progress")
+        page.wait_for_selector("#jp-main-dock-panel", timeout=180_000)
+        stack.timings["spawn_to_jupyterlab_s"] = round(time.monotonic() - spawned, 1)
+        shot(page, "jupyterlab")
 
-            open_notebook(page, f"{base}/user/demo2/lab")
-            # The kernel runs on a compute node, as the user; it opens a listener on all the node's
-            # addresses, as any notebook server or tool a user starts there could.
-            run_cell(page, "import getpass, socket, threading, socketserver; srv = socketserver.TCPServer(('0.0.0.0', "
-                     f"{PROBE_PORT}), socketserver.BaseRequestHandler); threading.Thread(target=srv.serve_forever, "
-                     "daemon=True).start(); print('on', socket.gethostname(), 'as', getpass.getuser())",
-                     "as demo2")
-            output = page.locator(".jp-OutputArea-output").last.inner_text()
-            node = re.search(r"on (node[12])", output).group(1)  # type: ignore[union-attr]
-            shot(page, "cell-on-node")
+        open_notebook(page, f"{base}/user/demo2/lab")
+        # The kernel runs on a compute node, as the user; it opens a listener on all the node's
+        # addresses, as any notebook server or tool a user starts there could.
+        run_cell(page, "import getpass, socket, threading, socketserver; srv = socketserver.TCPServer(('0.0.0.0', "
+                 f"{PROBE_PORT}), socketserver.BaseRequestHandler); threading.Thread(target=srv.serve_forever, "
+                 "daemon=True).start(); print('on', socket.gethostname(), 'as', getpass.getuser())",
+                 "as demo2")
+        output = page.locator(".jp-OutputArea-output").last.inner_text()
+        node = re.search(r"on (node[12])", output).group(1)  # type: ignore[union-attr]
+        shot(page, "cell-on-node")
 
-            # Nothing opens a connection to the node: not the proxy or the hub (not on the cluster's
-            # network), not the broker or slurmctld (on it, but the node's firewall drops them). The
-            # node itself reaches the listener (it is there), and slurmctld reaches slurmd (allowed).
-            node_ip = stack.address(node, "cluster")
-            assert stack.can_connect(node, node_ip, PROBE_PORT)
-            assert stack.can_connect("slurmctld", node_ip, 6818)
-            for service in ("proxy", "hub", "broker", "slurmctld"):
-                assert not stack.can_connect(service, node_ip, PROBE_PORT), f"{service} reached {node}"
-            for service in ("proxy", "hub", "broker"):
-                assert not stack.can_connect(service, node_ip, 6818), f"{service} reached {node}'s slurmd"
+        # Nothing opens a connection to the node: not the proxy or the hub (not on the cluster's
+        # network), not the broker or slurmctld (on it, but the node's firewall drops them). The
+        # node itself reaches the listener (it is there), and slurmctld reaches slurmd (allowed).
+        node_ip = stack.address(node, "cluster")
+        assert stack.can_connect(node, node_ip, PROBE_PORT)
+        assert stack.can_connect("slurmctld", node_ip, 6818)
+        for service in ("proxy", "hub", "broker", "slurmctld"):
+            assert not stack.can_connect(service, node_ip, PROBE_PORT), f"{service} reached {node}"
+        for service in ("proxy", "hub", "broker"):
+            assert not stack.can_connect(service, node_ip, 6818), f"{service} reached {node}'s slurmd"
 
-            # The hub container restarted: the proxy and the broker carry the open kernel WebSocket.
-            kernel_ws = sockets[-1]
-            opened = len(sockets)
-            stack.compose("restart", "hub")
-            wait_until(lambda: _hub_answers(stack.port), 120, "the restarted hub to answer")
-            run_cell(page, "print(6 * 7, 'after the hub restart')", "42 after the hub restart")
-            assert not kernel_ws.is_closed() and len(sockets) == opened, "the kernel WebSocket was reopened"
-            shot(page, "after-hub-restart")
-            # The restarted hub starts the connect step again (same port, the agent still connected).
-            wait_until(lambda: "starting the command again on hub-side port" in
-                       stack.compose("logs", "--no-color", "hub"), 90, "the new hub to start the connect step again")
+        # The hub container restarted: the proxy and the broker carry the open kernel WebSocket.
+        kernel_ws = sockets[-1]
+        opened = len(sockets)
+        stack.compose("restart", "hub")
+        wait_until(lambda: _hub_answers(stack.port), 120, "the restarted hub to answer")
+        run_cell(page, "print(6 * 7, 'after the hub restart')", "42 after the hub restart")
+        assert not kernel_ws.is_closed() and len(sockets) == opened, "the kernel WebSocket was reopened"
+        shot(page, "after-hub-restart")
+        # The restarted hub starts the connect step again (same port, the agent still connected).
+        wait_until(lambda: "starting the command again on hub-side port" in
+                   stack.compose("logs", "--no-color", "hub"), 90, "the new hub to start the connect step again")
 
-            # The broker container killed and started again: the agent comes back by itself, the
-            # exposure is restored from the broker's database, JupyterLab reconnects its kernel.
-            (tunnel,) = stack.broker_tunnels()
-            subprocess.run(["podman", "kill", stack.container("broker")], env=stack.env, check=True,
-                           capture_output=True)
-            stack.compose("start", "broker")
-            wait_until(lambda: stack.broker_tunnels()[0]["agent"]["connected"], 90,
-                       "the agent to reconnect to the restarted broker")
-            assert stack.broker_tunnels()[0]["id"] == tunnel["id"]
-            wait_for(page, lambda: page.request.get(f"{base}/user/demo2/api/status").ok, 60,
-                     "the notebook server to answer through the proxy again")
-            # While the broker was away, JupyterLab's requests failed and it offered to restart the
-            # server ("Server unavailable or unreachable"): a user dismisses that and carries on.
-            for button in page.locator(".jp-Dialog button", has_text="Dismiss").all():
-                button.click()
-            run_cell(page, "print(7 * 6, 'after the broker restart')", "42 after the broker restart", timeout=90)
-            shot(page, "after-broker-restart")
+        # The broker container killed and started again: the agent comes back by itself, the
+        # exposure is restored from the broker's database, JupyterLab reconnects its kernel.
+        (tunnel,) = stack.broker_tunnels()
+        subprocess.run(["podman", "kill", stack.container("broker")], env=stack.env, check=True,
+                       capture_output=True)
+        stack.compose("start", "broker")
+        wait_until(lambda: stack.broker_tunnels()[0]["agent"]["connected"], 90,
+                   "the agent to reconnect to the restarted broker")
+        assert stack.broker_tunnels()[0]["id"] == tunnel["id"]
+        wait_for(page, lambda: page.request.get(f"{base}/user/demo2/api/status").ok, 60,
+                 "the notebook server to answer through the proxy again")
+        # While the broker was away, JupyterLab's requests failed and it offered to restart the
+        # server ("Server unavailable or unreachable"): a user dismisses that and carries on.
+        for button in page.locator(".jp-Dialog button", has_text="Dismiss").all():
+            button.click()
+        run_cell(page, "print(7 * 6, 'after the broker restart')", "42 after the broker restart", timeout=90)
+        shot(page, "after-broker-restart")
 
-            page.goto(f"{base}/hub/home")
-            page.click("#stop")
-            page.wait_for_selector("#start", timeout=120_000)
-            shot(page, "stopped")
+        page.goto(f"{base}/hub/home")
+        page.click("#stop")
+        page.wait_for_selector("#start", timeout=120_000)
+        shot(page, "stopped")
 
-            # The admin logs in with the admin password (and only with it).
-            admin = browser.new_context().new_page()
-            for attempt, expected in ((password, "/hub/login"), (admin_password, "/hub/spawn")):
-                admin.goto(f"{base}/hub/login")
-                admin.fill("#username_input", "demo1")
-                admin.fill("#password_input", attempt)
-                admin.click("#login_submit")
-                admin.wait_for_load_state()
-                assert expected in admin.url, admin.url
-            admin.close()
-        except BaseException:
-            for open_page in browser.contexts[0].pages if browser.contexts else []:
-                open_page.screenshot(path=str(ARTIFACTS / "failure.png"))
-            raise
-        finally:
-            browser.close()
+        # The admin logs in with the admin password (and only with it).
+        admin = browser.new_context().new_page()
+        for attempt, expected in ((password, "/hub/login"), (admin_password, "/hub/spawn")):
+            admin.goto(f"{base}/hub/login")
+            admin.fill("#username_input", "demo1")
+            admin.fill("#password_input", attempt)
+            admin.click("#login_submit")
+            admin.wait_for_load_state()
+            assert expected in admin.url, admin.url
+        admin.close()
     wait_until(lambda: stack.squeue() == "", 60, "the job to leave the queue")
     wait_until(lambda: stack.broker_tunnels() == [], 60, "the tunnel to be deleted")

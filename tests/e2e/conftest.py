@@ -24,10 +24,27 @@ REQUIREMENTS = [
 ]
 
 
-def cluster(*args: str) -> str:
-    done = subprocess.run([str(CLUSTER), *args], capture_output=True, text=True, timeout=300)
+def _script(path: Path, *args: str) -> str:
+    done = subprocess.run([str(path), *args], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     return done.stdout
+
+
+def cluster(*args: str) -> str:
+    """scripts/slurm-cluster.sh ARGS; its output."""
+    return _script(CLUSTER, *args)
+
+
+def namespace_processes(namespace: str) -> list[str]:
+    """The names of the processes in a network namespace (a test cluster's node), sorted."""
+    pids = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True).stdout.split()
+    names = []
+    for pid in pids:
+        try:
+            names.append(Path(f"/proc/{pid}/comm").read_text().strip())
+        except OSError:
+            pass
+    return sorted(names)
 
 
 @pytest.fixture(scope="session")
@@ -60,9 +77,7 @@ def empty_queue() -> None:
 
 def cell(*args: str) -> str:
     """scripts/gridengine-cluster.sh ARGS; its output."""
-    done = subprocess.run([str(CELL), *args], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+    return _script(CELL, *args)
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.browser import CHROMIUM_ARGS, Shots, open_notebook, run_cell
+from tests.support.browser import Shots, chromium_browser, open_notebook, run_cell
 from tests.support.hub import ROOT, Hub, ensure_user
 from tests.support.processes import wait_until
 from tests.support.tunnel import BrokerProcess
@@ -27,7 +27,7 @@ ARTIFACTS = ROOT / "artifacts" / "browser"
 
 
 def test_log_in_choose_options_run_a_cell_and_stop(stack: tuple[Hub, BrokerProcess], tmp_path: Path) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     hub, broker = stack
     ensure_user("btbrowser")
@@ -38,43 +38,35 @@ def test_log_in_choose_options_run_a_cell_and_stop(stack: tuple[Hub, BrokerProce
         old.unlink()
     shot = Shots(ARTIFACTS)
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
-            page.set_default_timeout(30_000)
-            page.goto(f"http://127.0.0.1:{hub.port}/hub/login")
-            page.fill("#username_input", "btbrowser")
-            page.fill("#password_input", "any-password")
-            shot(page, "login")
-            page.click("#login_submit")
+    with chromium_browser(ARTIFACTS) as browser:
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.set_default_timeout(30_000)
+        page.goto(f"http://127.0.0.1:{hub.port}/hub/login")
+        page.fill("#username_input", "btbrowser")
+        page.fill("#password_input", "any-password")
+        shot(page, "login")
+        page.click("#login_submit")
 
-            # The options form, with the admin's limits.
-            page.wait_for_selector("#bt-cores")
-            assert page.get_attribute("#bt-memory_gb", "max") == "2"
-            page.fill("#bt-cores", "1")
-            page.fill("#bt-memory_gb", "1")
-            page.fill("#bt-runtime_minutes", "30")
-            shot(page, "options")
-            page.click("form#spawn_form button[type=submit], form#spawn_form input[type=submit]")
+        # The options form, with the admin's limits.
+        page.wait_for_selector("#bt-cores")
+        assert page.get_attribute("#bt-memory_gb", "max") == "2"
+        page.fill("#bt-cores", "1")
+        page.fill("#bt-memory_gb", "1")
+        page.fill("#bt-runtime_minutes", "30")
+        shot(page, "options")
+        page.click("form#spawn_form button[type=submit], form#spawn_form input[type=submit]")
 
-            # The progress page shows our messages, then JupyterLab opens through proxy -> broker -> agent.
-            expect(page.locator("#progress-log")).to_contain_text("running on btnode1", timeout=90_000)
-            shot(page, "progress")
-            page.wait_for_selector("#jp-main-dock-panel", timeout=120_000)
-            shot(page, "jupyterlab")
-            open_notebook(page, f"http://127.0.0.1:{hub.port}/user/btbrowser/lab")
-            run_cell(page, "print(sum(range(1, 101)))", "5050")
-            shot(page, "cell-output")
+        # The progress page shows our messages, then JupyterLab opens through proxy -> broker -> agent.
+        expect(page.locator("#progress-log")).to_contain_text("running on btnode1", timeout=90_000)
+        shot(page, "progress")
+        page.wait_for_selector("#jp-main-dock-panel", timeout=120_000)
+        shot(page, "jupyterlab")
+        open_notebook(page, f"http://127.0.0.1:{hub.port}/user/btbrowser/lab")
+        run_cell(page, "print(sum(range(1, 101)))", "5050")
+        shot(page, "cell-output")
 
-            page.goto(f"http://127.0.0.1:{hub.port}/hub/home")
-            page.click("#stop")
-            page.wait_for_selector("#start", timeout=60_000)
-            shot(page, "stopped")
-        except BaseException:
-            for open_page in browser.contexts[0].pages if browser.contexts else []:
-                open_page.screenshot(path=str(ARTIFACTS / "failure.png"))
-            raise
-        finally:
-            browser.close()
+        page.goto(f"http://127.0.0.1:{hub.port}/hub/home")
+        page.click("#stop")
+        page.wait_for_selector("#start", timeout=60_000)
+        shot(page, "stopped")
     wait_until(lambda: broker.client.tunnels() == [], 30, "the tunnel to be deleted after the stop")

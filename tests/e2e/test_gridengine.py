@@ -23,7 +23,7 @@ from tests.support.hub import Hub, ensure_user
 from tests.support.processes import ProcessGroup, free_port, port_open, wait_until
 from tests.support.tunnel import BrokerProcess, Pki
 
-from .conftest import REQUIREMENTS, cell
+from .conftest import REQUIREMENTS, cell, namespace_processes
 from .test_slurm import execute, get, spawn, user_token
 
 pytestmark = REQUIREMENTS
@@ -57,14 +57,7 @@ def ge_stack(gridengine: None, procs: ProcessGroup, pki: Pki, tmp_path: Path) ->
 
 
 def node_processes() -> list[str]:
-    pids = subprocess.run(["ip", "netns", "pids", "btge"], capture_output=True, text=True).stdout.split()
-    names = []
-    for pid in pids:
-        try:
-            names.append(Path(f"/proc/{pid}/comm").read_text().strip())
-        except OSError:
-            pass
-    return sorted(set(names))
+    return sorted(set(namespace_processes("btge")))
 
 
 async def test_a_notebook_on_a_firewalled_grid_engine_node(ge_stack: tuple[Hub, BrokerProcess]) -> None:

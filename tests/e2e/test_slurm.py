@@ -28,7 +28,7 @@ from tests.support.kernel import Kernel, kernel, run_code
 from tests.support.processes import ProcessGroup, free_port, port_open, wait_until
 from tests.support.tunnel import BrokerProcess, Pki
 
-from .conftest import HUB_SIDE, NODE, REQUIREMENTS, cluster, empty_queue
+from .conftest import HUB_SIDE, NODE, REQUIREMENTS, cluster, empty_queue, namespace_processes
 
 pytestmark = REQUIREMENTS
 
@@ -243,14 +243,7 @@ def connect_steps(tunnel_id: str) -> int:
 
 
 def node_processes() -> list[str]:
-    pids = subprocess.run(["ip", "netns", "pids", "btnode"], capture_output=True, text=True).stdout.split()
-    names = []
-    for pid in pids:
-        try:
-            names.append(Path(f"/proc/{pid}/comm").read_text().strip())
-        except OSError:
-            pass
-    return sorted(names)
+    return namespace_processes("btnode")
 
 
 def test_bad_input_is_refused_quickly_with_its_reason(stack: tuple[Hub, BrokerProcess]) -> None:

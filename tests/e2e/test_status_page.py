@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.browser import CHROMIUM_ARGS
+from tests.support.browser import chromium_browser
 from tests.support.hub import Hub, ensure_user
 from tests.support.processes import ProcessGroup, free_port
 from tests.support.tunnel import BrokerProcess, Pki
@@ -47,7 +47,7 @@ def status_stack(slurm: str, procs: ProcessGroup, pki: Pki, tmp_path: Path) -> I
 
 
 def test_admins_see_every_tunnel_and_others_are_refused(status_stack: tuple[Hub, BrokerProcess]) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     hub, broker = status_stack
     for user in ("btadmin", "btslurm2"):
@@ -56,31 +56,27 @@ def test_admins_see_every_tunnel_and_others_are_refused(status_stack: tuple[Hub,
     (tunnel,) = broker.client.tunnels()
     job = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.strip()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
-        try:
-            admin = browser.new_context(viewport={"width": 1400, "height": 700}).new_page()
-            admin.set_default_timeout(30_000)
-            log_in(admin, hub, "btadmin")
-            # The hub's Services menu links the page for an admin.
-            link = admin.locator('a[href*="/services/batchtunnel-status"]')
-            expect(link.first).to_be_attached()
-            admin.goto(f"http://127.0.0.1:{hub.port}/services/batchtunnel-status/")
-            row = admin.locator(f'#tunnels tr[data-tunnel="{tunnel["id"]}"]')
-            expect(row).to_contain_text("btslurm2")
-            expect(row).to_contain_text(job)
-            expect(row).to_contain_text("connected")
-            expect(row).to_contain_text("10.213.7.2")  # the node, where the agent dialled from
-            admin.screenshot(path=str(ARTIFACTS / "status-admin.png"))
+    with chromium_browser(ARTIFACTS) as browser:
+        admin = browser.new_context(viewport={"width": 1400, "height": 700}).new_page()
+        admin.set_default_timeout(30_000)
+        log_in(admin, hub, "btadmin")
+        # The hub's Services menu links the page for an admin.
+        link = admin.locator('a[href*="/services/batchtunnel-status"]')
+        expect(link.first).to_be_attached()
+        admin.goto(f"http://127.0.0.1:{hub.port}/services/batchtunnel-status/")
+        row = admin.locator(f'#tunnels tr[data-tunnel="{tunnel["id"]}"]')
+        expect(row).to_contain_text("btslurm2")
+        expect(row).to_contain_text(job)
+        expect(row).to_contain_text("connected")
+        expect(row).to_contain_text("10.213.7.2")  # the node, where the agent dialled from
+        admin.screenshot(path=str(ARTIFACTS / "status-admin.png"))
 
-            other = browser.new_context(viewport={"width": 1400, "height": 700}).new_page()
-            other.set_default_timeout(30_000)
-            log_in(other, hub, "btslurm2")
-            response = other.goto(f"http://127.0.0.1:{hub.port}/services/batchtunnel-status/")
-            assert response is not None and response.status == 403
-            other.screenshot(path=str(ARTIFACTS / "status-not-admin.png"))
-        finally:
-            browser.close()
+        other = browser.new_context(viewport={"width": 1400, "height": 700}).new_page()
+        other.set_default_timeout(30_000)
+        log_in(other, hub, "btslurm2")
+        response = other.goto(f"http://127.0.0.1:{hub.port}/services/batchtunnel-status/")
+        assert response is not None and response.status == 403
+        other.screenshot(path=str(ARTIFACTS / "status-not-admin.png"))
 
 
 def log_in(page, hub: Hub, user: str) -> None:  # type: ignore[no-untyped-def]

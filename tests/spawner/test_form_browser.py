@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.browser import CHROMIUM_ARGS, Shots
+from tests.support.browser import Shots, chromium_browser
 from tests.support.hub import CHP, ROOT, Hub, ensure_user
 from tests.support.processes import ProcessGroup, wait_until
 from tests.support.tunnel import BrokerProcess, Pki
@@ -31,7 +31,7 @@ PROFILES = [
 
 def test_a_profile_sets_the_fields_and_the_choice_reaches_the_script(procs: ProcessGroup, pki: Pki,
                                                                       tmp_path: Path) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     broker = BrokerProcess(procs, pki, tmp_path / "broker")
     hub = Hub(procs, tmp_path / "hub", broker, options_profiles=PROFILES,
@@ -39,43 +39,35 @@ def test_a_profile_sets_the_fields_and_the_choice_reaches_the_script(procs: Proc
               options_qos=["normal", "high"], options_reservations=["training"])
     ensure_user(USER)
     shot = Shots(ARTIFACTS)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1100, "height": 900})
-            page.set_default_timeout(30_000)
-            page.goto(f"http://127.0.0.1:{hub.port}/hub/login?next=/hub/spawn")
-            page.fill("#username_input", USER)
-            page.fill("#password_input", "any-password")
-            page.click("#login_submit")
+    with chromium_browser(ARTIFACTS) as browser:
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        page.set_default_timeout(30_000)
+        page.goto(f"http://127.0.0.1:{hub.port}/hub/login?next=/hub/spawn")
+        page.fill("#username_input", USER)
+        page.fill("#password_input", "any-password")
+        page.click("#login_submit")
 
-            page.wait_for_selector("#bt-profiles")
-            expect(page.locator("#bt-profile-gpu")).to_be_checked()
-            assert page.get_attribute("#bt-cores", "max") == "8" and page.input_value("#bt-cores") == "4"
-            assert page.input_value("#bt-gpus") == "1"
-            assert page.locator("#bt-partition option").all_inner_texts() == ["gpu", "gpu-long"]
-            shot(page, "profile-gpu")
+        page.wait_for_selector("#bt-profiles")
+        expect(page.locator("#bt-profile-gpu")).to_be_checked()
+        assert page.get_attribute("#bt-cores", "max") == "8" and page.input_value("#bt-cores") == "4"
+        assert page.input_value("#bt-gpus") == "1"
+        assert page.locator("#bt-partition option").all_inner_texts() == ["gpu", "gpu-long"]
+        shot(page, "profile-gpu")
 
-            page.click("label[for=bt-profile-small]")
-            expect(page.locator("#bt-cores")).to_have_attribute("max", "2")
-            assert page.get_attribute("#bt-gpus", "max") == "0" and page.input_value("#bt-gpus") == "0"
-            expect(page.locator("#bt-gpus")).to_be_hidden()
-            assert page.locator("#bt-partition option").all_inner_texts() == ["cpu"]
-            expect(page.locator("#bt-memory_gb-help")).to_contain_text("1 to 4")
-            page.fill("#bt-cores", "2")
-            page.fill("#bt-memory_gb", "3")
-            page.select_option("#bt-account", "physics")
-            page.select_option("#bt-qos", "high")
-            shot(page, "profile-small")
-            page.click("form#spawn_form button[type=submit], form#spawn_form input[type=submit]")
-            expect(page.locator("#progress-log")).to_contain_text("running on", timeout=60_000)
-            shot(page, "progress")
-        except BaseException:
-            for open_page in browser.contexts[0].pages if browser.contexts else []:
-                open_page.screenshot(path=str(ARTIFACTS / "failure.png"))
-            raise
-        finally:
-            browser.close()
+        page.click("label[for=bt-profile-small]")
+        expect(page.locator("#bt-cores")).to_have_attribute("max", "2")
+        assert page.get_attribute("#bt-gpus", "max") == "0" and page.input_value("#bt-gpus") == "0"
+        expect(page.locator("#bt-gpus")).to_be_hidden()
+        assert page.locator("#bt-partition option").all_inner_texts() == ["cpu"]
+        expect(page.locator("#bt-memory_gb-help")).to_contain_text("1 to 4")
+        page.fill("#bt-cores", "2")
+        page.fill("#bt-memory_gb", "3")
+        page.select_option("#bt-account", "physics")
+        page.select_option("#bt-qos", "high")
+        shot(page, "profile-small")
+        page.click("form#spawn_form button[type=submit], form#spawn_form input[type=submit]")
+        expect(page.locator("#progress-log")).to_contain_text("running on", timeout=60_000)
+        shot(page, "progress")
     (job,) = wait_until(hub.jobs_running, 30, "the job to start")
     script = (hub.batch_dir / f"{job}.sh").read_text()
     for line in ("--partition=cpu", "--cpus-per-task=2", "--mem=3G", "--account=physics", "--qos=high"):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,25 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-s
 
 def chromium() -> str | None:
     return shutil.which("chromium")
+
+
+@contextlib.contextmanager
+def chromium_browser(artifacts: Path) -> Iterator[Any]:
+    """Debian's chromium under Playwright, closed at the end; when the block fails, each open page of
+    the first context is saved as ``artifacts``/failure.png first."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        except BaseException:
+            artifacts.mkdir(parents=True, exist_ok=True)
+            for page in browser.contexts[0].pages if browser.contexts else []:
+                page.screenshot(path=str(artifacts / "failure.png"))
+            raise
+        finally:
+            browser.close()
 
 
 class Shots:
