@@ -26,6 +26,7 @@ PY = sys.executable
 BT = str(Path(PY).parent / "batchtunnel")
 MB = 1_000_000
 MIB = 1024 * 1024
+GIB = 1024 * MIB
 ADMIN_TOKEN = "bench-admin-token-0123456789"
 SEED = 1
 """Of the bytes the benchmarks download (``source N SEED``)."""

@@ -3,7 +3,9 @@
     .venv/bin/python -m bench.run [--rounds 3] [--quick] [--write-docs]     (from the repository root)
 
 Figures per path: one stream 1 GiB download (MB/s), 16 concurrent streams x 64 MiB (aggregate MB/s),
-10,000 round trips of 100 bytes (p50/p99 us), CPU seconds and peak RSS of the tunnel's processes.
+10,000 round trips of 100 bytes (p50/p99 us), new connections per second (connect, 1 KiB each way,
+close); what each costs the tunnel's processes in CPU (seconds per GiB moved, microseconds per round
+trip and per connection: steadier than MB/s on a machine shared with neighbours), their peak RSS.
 Then: broker RSS per idle connected agent (200 agents), and a stream's throughput beside a stalled one.
 Every figure is the median of the rounds, with min and max. Needs openssh-server (bench/run.sh installs it).
 """
@@ -30,6 +32,7 @@ from tests.support.processes import ProcessGroup, free_port
 
 from .harness import (
     ADMIN_TOKEN,
+    GIB,
     MB,
     MIB,
     ROOT,
@@ -61,6 +64,38 @@ def parallel_download(port: int, streams: int, size: int) -> float:
     for t in threads:
         t.start()
     for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return time.perf_counter() - start
+
+
+def connections(port: int, count: int, threads: int = 4) -> float:
+    """Seconds for ``count`` connections, ``threads`` at a time, each: connect, send 1 KiB (echoed),
+    read it back, close. What a browser loading a page's files over fresh connections does."""
+    payload = bytes(range(256)) * 4
+    errors: list[BaseException] = []
+
+    def some(n: int) -> None:
+        try:
+            for _ in range(n):
+                s = request(port, "echo")
+                s.sendall(payload)
+                got = 0
+                while got < len(payload):
+                    chunk = s.recv(len(payload) - got)
+                    if not chunk:
+                        raise RuntimeError("connection closed before the echo")
+                    got += len(chunk)
+                s.close()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    workers = [threading.Thread(target=some, args=(count // threads,)) for _ in range(threads)]
+    start = time.perf_counter()
+    for t in workers:
+        t.start()
+    for t in workers:
         t.join()
     if errors:
         raise errors[0]
@@ -153,25 +188,36 @@ def setup_ssh(procs: ProcessGroup, workdir: Path, target: int) -> tuple[list[Pat
 
 
 def setup_batchtunnel(procs: ProcessGroup, workdir: Path, target: int, loop: str,
-                      agent_loop: str = "asyncio") -> tuple[PathUnderTest, dict[str, object]]:
-    pki = make_pki(workdir / f"pki-{loop}-{agent_loop}")
+                      agent_loop: str = "asyncio", label: str | None = None, launcher: list[str] | None = None,
+                      env: dict[str, str] | None = None) -> tuple[PathUnderTest, dict[str, object]]:
+    """A broker and an agent on loopback exposing ``target``. ``launcher`` replaces the ``batchtunnel``
+    command (bench/ab.py runs other versions or codecs through it), ``env`` is added to both processes'."""
+    tag = label or f"{loop}-{agent_loop}"
+    slug = "".join(c if c.isalnum() else "-" for c in tag)
+    pki = make_pki(workdir / f"pki-{slug}")
     agent_port, api_port = free_port(), free_port()
-    broker = procs.start(f"broker-{loop}-{agent_loop}", broker_argv(
-        pki, agent_port, api_port, "--event-loop", loop, "--log-level", "WARNING"),
-        env={"BATCHTUNNEL_ADMIN_TOKEN": ADMIN_TOKEN})
+
+    def command(argv: list[str]) -> list[str]:
+        return argv if launcher is None else [*launcher, *argv[1:]]
+
+    broker = procs.start(f"broker-{slug}", command(broker_argv(
+        pki, agent_port, api_port, "--event-loop", loop, "--log-level", "WARNING")),
+        env={"BATCHTUNNEL_ADMIN_TOKEN": ADMIN_TOKEN, **(env or {})}, cwd=ROOT)
     wait_port(api_port)
     client = BrokerClient(f"http://127.0.0.1:{api_port}", ADMIN_TOKEN)
     tunnel = client.create_tunnel("bench")
-    agent = procs.start(f"agent-{loop}-{agent_loop}", agent_argv(
-        pki, agent_port, "--event-loop", agent_loop, "--log-level", "WARNING"),
-        env={"BATCHTUNNEL_TOKEN": tunnel["token"]})
+    agent = procs.start(f"agent-{slug}", command(agent_argv(
+        pki, agent_port, "--event-loop", agent_loop, "--log-level", "WARNING")),
+        env={"BATCHTUNNEL_TOKEN": tunnel["token"], **(env or {})}, cwd=ROOT)
     wait_agent(client, tunnel["id"])
     port = client.expose(tunnel["id"], 0, target)["port"]
     info = {"client": client, "broker_pid": broker.pid, "agent_url": f"wss://localhost:{agent_port}/agent",
             "ca": str(pki / "ca.pem")}
-    name = "defaults: broker uvloop, agent asyncio" if (loop, agent_loop) == ("uvloop", "asyncio") else \
-        f"broker {loop}, agent {agent_loop}"
-    return PathUnderTest(f"batchtunnel, TLS ({name})", port, [broker.pid, agent.pid]), info
+    if label is None:
+        label = "defaults: broker uvloop, agent asyncio" if (loop, agent_loop) == ("uvloop", "asyncio") else \
+            f"broker {loop}, agent {agent_loop}"
+        label = f"batchtunnel, TLS ({label})"
+    return PathUnderTest(label, port, [broker.pid, agent.pid]), info
 
 
 def idle_agents(procs: ProcessGroup, info: dict[str, object], count: int) -> dict[str, float]:
@@ -204,6 +250,36 @@ def stalled_figure(path: PathUnderTest, size: int) -> dict[str, float]:
     return {"solo_mb_s": solo, "beside_stalled_mb_s": beside, "ratio": beside / solo}
 
 
+@dataclass(frozen=True)
+class Sizes:
+    one: int  # bytes of the single download
+    many: int  # bytes of each of the 16 concurrent downloads
+    round_trips: int
+    connections: int
+
+
+def measure(path: PathUnderTest, sizes: Sizes) -> dict[str, float]:
+    """One round of every test on ``path``, and the CPU its tunnel processes spent on each."""
+    cpu = [path.cpu_seconds()]
+    one_mb_s = sizes.one / download(path.port, sizes.one) / MB
+    cpu.append(path.cpu_seconds())
+    many_mb_s = 16 * sizes.many / parallel_download(path.port, 16, sizes.many) / MB
+    cpu.append(path.cpu_seconds())
+    lat = sorted(round_trips(path.port, sizes.round_trips))
+    cpu.append(path.cpu_seconds())
+    conn_per_s = sizes.connections / connections(path.port, sizes.connections)
+    cpu.append(path.cpu_seconds())
+    return {
+        "one_mb_s": one_mb_s, "many_mb_s": many_mb_s,
+        "rtt_p50_us": lat[len(lat) // 2], "rtt_p99_us": lat[int(len(lat) * 0.99)], "conn_per_s": conn_per_s,
+        "cpu_s": cpu[3] - cpu[0],
+        "one_cpu_s_per_gib": (cpu[1] - cpu[0]) / (sizes.one / GIB),
+        "many_cpu_s_per_gib": (cpu[2] - cpu[1]) / (16 * sizes.many / GIB),
+        "rtt_cpu_us": (cpu[3] - cpu[2]) / sizes.round_trips * 1e6,
+        "conn_cpu_us": (cpu[4] - cpu[3]) / sizes.connections * 1e6,
+    }
+
+
 def summary(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
@@ -225,7 +301,8 @@ def main() -> None:
         finally:
             procs.stop_all()
         return
-    one, many, rtts = (1024 * MIB, 64 * MIB, 10_000) if not args.quick else (64 * MIB, 8 * MIB, 1000)
+    one, many, rtts, conns = (1024 * MIB, 64 * MIB, 10_000, 2000) if not args.quick else \
+        (64 * MIB, 8 * MIB, 1000, 200)
 
     workdir = Path(tempfile.mkdtemp(prefix="bt-bench-"))
     procs = ProcessGroup(workdir)
@@ -241,15 +318,12 @@ def main() -> None:
         for r in range(args.rounds):
             for path in paths:
                 rec = results[path.name]
-                cpu0 = path.cpu_seconds()
-                rec.setdefault("one_mb_s", []).append(one / download(path.port, one) / MB)
-                rec.setdefault("many_mb_s", []).append(16 * many / parallel_download(path.port, 16, many) / MB)
-                lat = sorted(round_trips(path.port, rtts))
-                rec.setdefault("rtt_p50_us", []).append(lat[len(lat) // 2])
-                rec.setdefault("rtt_p99_us", []).append(lat[int(len(lat) * 0.99)])
-                rec.setdefault("cpu_s", []).append(path.cpu_seconds() - cpu0)
-                print(f"round {r + 1}: {path.name}: {rec['one_mb_s'][-1]:.0f} MB/s, "
-                      f"{rec['many_mb_s'][-1]:.0f} MB/s x16, p50 {rec['rtt_p50_us'][-1]:.0f} us", flush=True)
+                for key, value in measure(path, Sizes(one, many, rtts, conns)).items():
+                    rec.setdefault(key, []).append(value)
+                print(f"round {r + 1}: {path.name}: {rec['one_mb_s'][-1]:.0f} MB/s "
+                      f"({rec['one_cpu_s_per_gib'][-1]:.2f} CPU s/GiB), {rec['many_mb_s'][-1]:.0f} MB/s x16 "
+                      f"({rec['many_cpu_s_per_gib'][-1]:.2f}), p50 {rec['rtt_p50_us'][-1]:.0f} us, "
+                      f"{rec['conn_per_s'][-1]:.0f} conn/s", flush=True)
         peak = {p.name: p.peak_rss_mib() for p in paths}
         stall = [stalled_figure(bt_default, one // 2) for _ in range(args.rounds)]
         idle = idle_agents(procs, info, args.idle_agents)
@@ -259,7 +333,8 @@ def main() -> None:
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
-        "sizes": {"one_stream_bytes": one, "per_stream_bytes_x16": many, "round_trips": rtts},
+        "sizes": {"one_stream_bytes": one, "per_stream_bytes_x16": many, "round_trips": rtts,
+                  "connections": conns},
         "rounds": args.rounds,
         "paths": {name: {k: summary(v) for k, v in rec.items()} | {"peak_rss_mib": peak[name]}
                   for name, rec in results.items()},
@@ -283,16 +358,28 @@ def render(report: dict) -> str:  # type: ignore[type-arg]
         f"Run {report['date']} on {report['machine']}; {report['rounds']} rounds, median (min-max). "
         f"One stream: {report['sizes']['one_stream_bytes'] // MIB} MiB download; 16 streams x "
         f"{report['sizes']['per_stream_bytes_x16'] // MIB} MiB; {report['sizes']['round_trips']} round trips "
-        f"of 100 B. CPU: seconds used by the tunnel's processes for one round of all three; RSS: peak (VmHWM).",
+        f"of 100 B; {report['sizes'].get('connections', 0)} connections, 4 at a time, each 1 KiB echoed. "
+        f"Second table: CPU (user + system) of the tunnel's processes per unit of each test; RSS: peak (VmHWM).",
         "",
-        "| path | 1 stream MB/s | 16 streams MB/s | RTT p50 µs | RTT p99 µs | tunnel CPU s | tunnel peak RSS MiB |",
+        "| path | 1 stream MB/s | 16 streams MB/s | RTT p50 µs | RTT p99 µs | connections/s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, rec in report["paths"].items():
+        conn = cell(rec["conn_per_s"]) if "conn_per_s" in rec else "-"
+        lines.append(f"| {name} | {cell(rec['one_mb_s'])} | {cell(rec['many_mb_s'])} | {cell(rec['rtt_p50_us'])} | "
+                     f"{cell(rec['rtt_p99_us'])} | {conn} |")
+    lines += [
+        "",
+        "| path | CPU s per GiB, 1 stream | CPU s per GiB, 16 streams | CPU µs per round trip | "
+        "CPU µs per connection | CPU s per round | peak RSS MiB |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, rec in report["paths"].items():
-        cpu = cell(rec["cpu_s"], ".1f") if name != "direct TCP" else "-"
-        rss = f"{rec['peak_rss_mib']:.0f}" if name != "direct TCP" else "-"
-        lines.append(f"| {name} | {cell(rec['one_mb_s'])} | {cell(rec['many_mb_s'])} | {cell(rec['rtt_p50_us'])} | "
-                     f"{cell(rec['rtt_p99_us'])} | {cpu} | {rss} |")
+        if name == "direct TCP":
+            continue
+        lines.append(f"| {name} | {cell(rec['one_cpu_s_per_gib'], '.2f')} | {cell(rec['many_cpu_s_per_gib'], '.2f')} | "
+                     f"{cell(rec['rtt_cpu_us'])} | {cell(rec['conn_cpu_us'])} | {cell(rec['cpu_s'], '.1f')} | "
+                     f"{rec['peak_rss_mib']:.0f} |")
     st, idle = report["stalled"], report["idle_agents"]
     lines += [
         "",
