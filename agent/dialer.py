@@ -187,7 +187,7 @@ class Agent:
         if run is not None:
             await asyncio.gather(run, return_exceptions=True)
 
-    async def open_link(self, link: asyncio.Protocol, ssl_context: ssl.SSLContext | None, timeout: float) -> None:
+    async def open_link(self, link: asyncio.BaseProtocol, ssl_context: ssl.SSLContext | None, timeout: float) -> None:
         """Connect ``link`` to the broker, directly or through the proxy, with TLS unless --insecure."""
         host, port = self.config.broker_address
         loop = asyncio.get_running_loop()

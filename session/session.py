@@ -1,8 +1,11 @@
 """TunnelSession: a wire Connection running over a WebSocketLink (docs/protocol.md §8).
 
 Driven by callbacks: the link calls ``message_received`` with each WebSocket
-message; events are handled at once; output is written at the end of the loop
-iteration (``_kick`` coalesces), or when the link becomes writable again.
+message; events are handled at once, and the output they cause (acknowledgements,
+answers) is written when the callback ends, in one piece. Local data a bridge
+hands over is written at once. Other output (a timer's PING, a stream opened from a
+task) is written at the end of the loop iteration (``_kick`` coalesces), and
+whatever waits is written when the link becomes writable again.
 
 With resumption (``resume_grace`` > 0 and the wire feature "resume"), a lost link
 suspends the session instead of ending it: streams and their local sockets stay,
@@ -94,6 +97,7 @@ class TunnelSession:
         self._link_down: asyncio.Future[None] = self._loop.create_future()  # the current link is lost
         self._finished: asyncio.Future[None] = self._loop.create_future()
         self._flush_scheduled = False
+        self._batch = False  # a link callback is being handled: it writes the output when it ends
         self._close_sent = False
         self._reading_paused = False  # the link is not read: our answers to the peer wait (input_paused)
         self.closed: ConnectionClosed | None = None
@@ -209,13 +213,19 @@ class TunnelSession:
     def message_received(self, data: bytes) -> None:
         self.heartbeat.heard()
         self.bytes_in += len(data)
-        self.conn.receive_data(data)
-        self._process()
+        self._batch = True
+        try:
+            self.conn.receive_data(data)
+            self._process()
+        finally:
+            self._batch = False
         if self.conn.input_paused and not self._reading_paused:
-            # The peer asks for answers it does not read (docs/protocol.md 7.1): read no more until
-            # the link takes them.
+            # The peer asks for answers faster than they leave (docs/protocol.md 7.1): read no more
+            # until the link takes them. Before the flush below, which takes them: the wire holds the
+            # rest of this message unparsed, and reading on would add every next message to it.
             self._reading_paused = True
             self.link.pause_reading()
+        self._flush()  # the acknowledgements and answers this message caused, together
 
     def writing_resumed(self) -> None:
         self._flush()
@@ -262,10 +272,11 @@ class TunnelSession:
         pause = Pause.NONE
         if not self.conn.send_data(bridge.stream_id, data):
             pause |= Pause.WINDOW
-        if self.conn.bytes_to_send > OUTPUT_HIGH:
+        if not self._batch:
+            self._flush()  # now, not at the end of the loop iteration: one less wake-up per round trip
+        if self.conn.bytes_to_send > OUTPUT_HIGH:  # the link did not take it all
             pause |= Pause.OUTPUT
             self._congested[bridge] = None
-        self._kick()
         return pause
 
     def end_stream(self, stream_id: int) -> None:
@@ -292,8 +303,9 @@ class TunnelSession:
     # --------------------------------------------------------------- output
 
     def _kick(self) -> None:
-        """Write pending output once the current loop iteration's callbacks are done (coalescing)."""
-        if not self._flush_scheduled:
+        """Write pending output once the current loop iteration's callbacks are done (coalescing), or
+        when the link callback being handled ends."""
+        if not self._flush_scheduled and not self._batch:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
 
@@ -306,8 +318,12 @@ class TunnelSession:
                     congested, self._congested = self._congested, {}
                     for bridge in congested:
                         bridge.unpause(Pause.OUTPUT)
-                for start in range(0, len(data), MAX_MESSAGE):
-                    self.link.write(data[start:start + MAX_MESSAGE])
+                if len(data) <= MAX_MESSAGE:
+                    self.link.write(data)
+                else:
+                    with memoryview(data) as view:  # slices of a view: no copies
+                        for start in range(0, len(data), MAX_MESSAGE):
+                            self.link.write(view[start:start + MAX_MESSAGE])
             if self._reading_paused and self.closed is None:
                 self.conn.receive_data(b"")  # what was held while our answers waited
                 self._process()

@@ -1,9 +1,11 @@
 """One WebSocket connection carrying a tunnel session, driven synchronously.
 
-``WebSocketLink`` is an ``asyncio.Protocol``. The opening handshake is ``handshake.py``'s (on
+``WebSocketLink`` is an ``asyncio.BufferedProtocol``. The opening handshake is ``handshake.py``'s (on
 websockets' sans-I/O protocols); once the connection is open every byte goes to our frame codec
 (``wsframes``). Everything on the data path then happens inside transport callbacks: no task switch
-per message, no queue between layers.
+per message, no queue between layers. The transport (TLS or not) reads into one buffer per thread,
+shared by every link, which the codec copies the payloads out of: no buffer is allocated per read,
+and an idle link holds none.
 
 Client (agent)::
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Protocol, cast
@@ -41,6 +44,19 @@ WRITE_HIGH = 512 * 1024
 """The socket's write buffer above which the link reports itself not writable."""
 MAX_HELD = 4 * 1024 * 1024
 """Messages kept for a receiver not chosen yet (an agent deciding whether it resumes), at most."""
+READ_BUFFER = 256 * 1024
+"""What one read may bring, at most (asyncio's and uvloop's TLS layers read 256 KiB at a time)."""
+
+
+class _ReadBuffer(threading.local):
+    """The buffer links read into: one per thread (an event loop's callbacks run on its thread, and
+    each read is parsed before the next one starts)."""
+
+    def __init__(self) -> None:
+        self.view = memoryview(bytearray(READ_BUFFER))
+
+
+_read_buffer = _ReadBuffer()
 
 
 class Receiver(Protocol):
@@ -65,7 +81,7 @@ class Phase(enum.Enum):
     CLOSED = "closed"
 
 
-class WebSocketLink(asyncio.Protocol):
+class WebSocketLink(asyncio.BufferedProtocol):
     """A WebSocket connection whose binary messages go to ``receiver``."""
 
     def __init__(self, handshake: Handshake, client: bool, on_request: OnRequest | None = None,
@@ -138,8 +154,8 @@ class WebSocketLink(asyncio.Protocol):
     def write(self, data: Buffer) -> None:
         """Send one binary message (dropped unless the WebSocket is open)."""
         if self.phase is Phase.OPEN and self._transport is not None:
-            for part in encode(Opcode.BINARY, data, self._client):
-                self._transport.write(part)
+            # One call: a TLS transport encrypts both parts, then sends once.
+            self._transport.writelines(encode(Opcode.BINARY, data, self._client))
 
     def close(self, code: int, reason: str) -> None:
         """Start the closing handshake; the TCP connection is dropped after CLOSE_TIMEOUT at the latest."""
@@ -196,9 +212,16 @@ class WebSocketLink(asyncio.Protocol):
             # Slowloris guard: the upgrade must complete in time (the session adds its own HELLO timeout).
             self._timer = asyncio.get_running_loop().call_later(self._handshake_timeout, self._handshake_expired)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _read_buffer.view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(_read_buffer.view[:nbytes])
+
+    def data_received(self, data: Buffer) -> None:
+        """``data`` may be a view of the shared read buffer: whatever is kept of it is copied."""
         if self.phase is Phase.HANDSHAKE:
-            self._handshake_data(data)
+            self._handshake_data(bytes(data))
         elif self.phase is not Phase.CLOSED:
             self._frames(data)
 
@@ -315,7 +338,7 @@ class WebSocketLink(asyncio.Protocol):
 
     # -- open connection (wsframes)
 
-    def _frames(self, data: bytes) -> None:
+    def _frames(self, data: Buffer) -> None:
         try:
             items = self._parser.feed(data)
         except FramingError as exc:

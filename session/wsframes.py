@@ -4,8 +4,19 @@ The opening handshake is websockets' job (HTTP parsing, Sec-WebSocket-Accept).
 Once the connection is open, ``WebSocketLink`` frames and parses with this
 codec: a tunnel session only exchanges binary messages whose boundaries carry
 no meaning (docs/protocol.md §1), so each data frame's payload is passed on as
-it arrives, without assembling messages, and with one copy (or one unmasking)
-per payload instead of several.
+it arrives, piece by piece, without waiting for the whole frame or assembling
+messages, with one copy (or one unmasking) per piece.
+
+Why not websockets' own framing (``Protocol`` in the OPEN state, ``Frame.serialize``):
+it waits for whole frames (up to 1 MiB here, kept across reads) and joins each
+frame's header and payload into new bytes. ``bench/ab.py`` measured both on this
+link (``bench/ws_codec.py`` swaps the codec, nothing else; 2026-12-04, 5
+interleaved rounds, paired ratios ours/websockets', median (min-max)): CPU per
+GiB 0.92 (0.84-0.99) on one stream and 0.89 (0.88-1.09) on 16, CPU per round
+trip 0.84 (0.75-0.96), per connection 0.90 (0.76-0.99); MB/s 1.10 (0.99-1.20)
+on one stream and 1.10 (0.99-1.17) on 16, connections per second 1.08
+(1.02-1.25). Ours costs 8-16 % less CPU at the median, and the one-stream and
+round-trip CPU ratios stay below 1 in every round: beyond the spread.
 
 Examples of frame headers (hex)::
 
@@ -67,6 +78,11 @@ class Control:
 class FrameParser:
     """Bytes in, payloads and control frames out.
 
+    A data frame's payload is passed on piece by piece as it arrives (message boundaries carry no
+    meaning for a tunnel session), so nothing waits for a whole frame and only a frame header cut
+    by a read (at most 14 bytes) or a control frame's payload (at most 125) is kept between calls.
+    ``feed`` may therefore be handed a view of a buffer its caller reuses: what it returns is copied.
+
     Args:
         masked: whether frames must be masked (True on the server side).
         max_payload: the longest frame payload accepted.
@@ -75,63 +91,97 @@ class FrameParser:
     def __init__(self, masked: bool, max_payload: int) -> None:
         self.masked = masked
         self.max_payload = max_payload
-        self._buf = bytearray()
+        self._head = bytearray()  # a frame header cut by the end of a read
         self._fragmented = False
+        self._left = 0  # payload bytes of the current frame still to come
+        self._key = b""  # the current frame's mask key (b"": unmasked)
+        self._done = 0  # payload bytes of the current frame passed on (the mask's phase)
+        self._control: Opcode | None = None  # the current frame is this control frame
+        self._control_payload = bytearray()
 
     def feed(self, data: Buffer) -> list[bytes | Control]:
-        """Parse ``data``; return data payloads (bytes) and Control frames in order.
+        """Parse ``data``; return data payload pieces (bytes) and Control frames in order.
 
         Raises:
             FramingError: the peer broke the framing rules; stop parsing and close.
         """
         out: list[bytes | Control] = []
-        if self._buf:
-            self._buf += data
-            consumed = self._parse(self._buf, out)
-            del self._buf[:consumed]
-        else:
-            consumed = self._parse(data, out)
-            if consumed < len(data):
-                self._buf += memoryview(data)[consumed:]
+        with memoryview(data) as view:
+            pos, end = 0, len(view)
+            while pos < end:
+                if self._left:
+                    n = min(self._left, end - pos)
+                    self._payload(view[pos:pos + n], out)
+                    pos += n
+                elif self._head or end - pos < 2 or end - pos < _head_size(view[pos + 1]):
+                    pos = self._more_head(view, pos, end, out)
+                else:
+                    pos += self._begin(view, pos, out)
         return out
 
-    def _parse(self, buf: Buffer, out: list[bytes | Control]) -> int:
-        pos, end = 0, len(buf)
-        with memoryview(buf) as view:
-            while end - pos >= 2:
-                b1, b2 = view[pos], view[pos + 1]
-                length = b2 & 0x7F
-                head = 2
-                if length == 126:
-                    if end - pos < 4:
-                        break
-                    (length,) = _U16.unpack_from(view, pos + 2)
-                    head = 4
-                elif length == 127:
-                    if end - pos < 10:
-                        break
-                    (length,) = _U64.unpack_from(view, pos + 2)
-                    head = 10
-                masked = bool(b2 & 0x80)
-                self._check(b1, masked, length)
-                if masked:
-                    head += 4
-                if end - pos < head + length:
-                    break
-                start = pos + head
-                if masked:
-                    payload = apply_mask(view[start:start + length], view[start - 4:start].tobytes())
-                else:
-                    payload = view[start:start + length].tobytes()
-                pos = start + length
-                opcode = b1 & 0x0F
-                if opcode in (Opcode.BINARY, Opcode.CONT):
-                    self._fragmented = not (b1 & 0x80)
-                    if payload:
-                        out.append(payload)
-                else:
-                    out.append(_control(Opcode(opcode), payload))
+    def _more_head(self, view: memoryview, pos: int, end: int, out: list[bytes | Control]) -> int:
+        """Add to a header cut by a read; begin its frame once it is whole."""
+        head = self._head
+        while pos < end:
+            need = (2 if len(head) < 2 else _head_size(head[1])) - len(head)
+            if need == 0:
+                break
+            take = min(need, end - pos)
+            head += view[pos:pos + take]
+            pos += take
+        if len(head) >= 2 and len(head) == _head_size(head[1]):
+            with memoryview(head) as whole:
+                self._begin(whole, 0, out)
+            head.clear()
         return pos
+
+    def _begin(self, view: memoryview, pos: int, out: list[bytes | Control]) -> int:
+        """Start the frame whose whole header is at ``view[pos:]``; return the header's size."""
+        b1, b2 = view[pos], view[pos + 1]
+        length = b2 & 0x7F
+        head = 2
+        if length == 126:
+            (length,) = _U16.unpack_from(view, pos + 2)
+            head = 4
+        elif length == 127:
+            (length,) = _U64.unpack_from(view, pos + 2)
+            head = 10
+        masked = bool(b2 & 0x80)
+        self._check(b1, masked, length)
+        if masked:
+            self._key = view[pos + head:pos + head + 4].tobytes()
+            head += 4
+        else:
+            self._key = b""
+        opcode = b1 & 0x0F
+        self._left, self._done = length, 0
+        if opcode in (Opcode.BINARY, Opcode.CONT):
+            self._fragmented = not (b1 & 0x80)
+            self._control = None
+        else:
+            self._control = Opcode(opcode)
+            if length == 0:
+                out.append(_control(self._control, b""))
+        return head
+
+    def _payload(self, piece: memoryview, out: list[bytes | Control]) -> None:
+        n = len(piece)
+        self._left -= n
+        if self._control is None:
+            if self._key:
+                phase = self._done % 4
+                out.append(apply_mask(piece, self._key[phase:] + self._key[:phase]))
+            else:
+                out.append(piece.tobytes())
+            self._done += n
+            return
+        self._control_payload += piece
+        if self._left == 0:
+            payload = bytes(self._control_payload)
+            self._control_payload.clear()
+            if self._key:
+                payload = apply_mask(payload, self._key)
+            out.append(_control(self._control, payload))
 
     def _check(self, b1: int, masked: bool, length: int) -> None:
         opcode = b1 & 0x0F
@@ -157,6 +207,12 @@ class FrameParser:
             raise FramingError(CloseCode.PROTOCOL_ERROR, f"unknown opcode {opcode}")
         if length > self.max_payload:
             raise FramingError(CloseCode.MESSAGE_TOO_BIG, f"frame of {length} bytes exceeds {self.max_payload}")
+
+
+def _head_size(b2: int) -> int:
+    """A frame header's size, from its second byte."""
+    length = b2 & 0x7F
+    return 2 + (2 if length == 126 else 8 if length == 127 else 0) + (4 if b2 & 0x80 else 0)
 
 
 def _control(opcode: Opcode, payload: bytes) -> Control:
@@ -194,12 +250,30 @@ def encode(opcode: Opcode, payload: Buffer, mask: bool) -> list[Buffer]:
     else:
         header = bytes((b1, b2 | 127)) + _U64.pack(n)
     if mask:
-        key = os.urandom(4)
+        key = _mask_key()
         header += key
         payload = apply_mask(payload, key)
     if n < _SMALL:
         return [header + bytes(payload)]
     return [header, payload]
+
+
+class _MaskKeys:
+    """Mask keys drawn from the system's random source (RFC 6455 5.3) 1,024 at a time: one system
+    call per 1,024 frames instead of one per frame."""
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._pos = 0
+
+    def __call__(self) -> bytes:
+        if self._pos >= len(self._pool):
+            self._pool, self._pos = os.urandom(4096), 0
+        self._pos += 4
+        return self._pool[self._pos - 4:self._pos]
+
+
+_mask_key = _MaskKeys()
 
 
 def encode_close(code: int, reason: str, mask: bool) -> list[Buffer]:

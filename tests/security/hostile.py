@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import ssl
 import struct
 
@@ -16,7 +17,7 @@ from batchtunnel.wire.frames import FrameType, decode_goaway, encode_u32
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.support.frames import Frame, frame, parse, ping_frame
+from tests.support.frames import Frame, data_frame, frame, parse, ping_frame
 
 
 class Refused(Exception):
@@ -109,6 +110,17 @@ class HostileAgent:
 
         await asyncio.wait_for(drain(), timeout)
         return self.goaway, self.ws.close_code
+
+    async def overrun_window(self, stream_id: int, frame_size: int, limit: int = 64 * 1024 * 1024) -> None:
+        """DATA on ``stream_id`` without waiting for credit, until the broker ends the session (or ``limit``
+        bytes went). Whoever holds the stream's hub side must read nothing: once the broker's socket
+        buffers are full it acknowledges no more, and a frame past the window must end the session.
+        (The broker passes data on as it arrives, piece by piece, and acknowledges it once delivered:
+        sending two windows in one message no longer shows an overrun.)"""
+        chunk = data_frame(stream_id, b"a" * frame_size)
+        with contextlib.suppress(ConnectionClosed):
+            for _ in range(limit // frame_size):
+                await self.send(chunk)
 
     async def alive(self) -> bool:
         """The session still answers a PING."""

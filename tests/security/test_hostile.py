@@ -100,9 +100,8 @@ async def test_a_protocol_violation_ends_only_the_offenders_session(arena: Arena
         elif case == "open with the broker's stream ids":
             await agent.send(open_frame(3, 1))
         else:
-            stream, writer = await broker_opened_stream(arena, agent)
-            # Two full frames in one message: nothing can be acknowledged in between.
-            await agent.send(data_frame(stream, b"a" * MAX_FRAME) + data_frame(stream, b"b" * MAX_FRAME))
+            stream, writer = await broker_opened_stream(arena, agent)  # writer reads nothing
+            await agent.overrun_window(stream, MAX_FRAME)
         goaway, close_code = await agent.closed_with()
         if writer is not None:
             writer.close()
