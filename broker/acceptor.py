@@ -81,6 +81,10 @@ class AgentListener:
                     await asyncio.sleep(ACCEPT_PAUSE)
                     continue
                 raise
+            # asyncio turns Nagle's algorithm off only for sockets whose protocol number is
+            # IPPROTO_TCP; accepted ones have 0. With it on, a stream's OPEN and its first bytes wait
+            # for the agent's delayed ACK: 40 ms per new connection (tests/tunnel/test_nagle.py).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             host = str(address[0])
             peer = f"{host}:{address[1]}"
             if not self.admission.open(host):

@@ -157,3 +157,36 @@ def reset_connections(host: str, port: int, netns: str | None = None) -> int:
         argv = ["nsenter", f"--net=/run/netns/{netns}", *argv]
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     return sum(1 for line in out.splitlines() if line.strip() and not line.startswith(("Netid", "Recv-Q")))
+
+
+def tcp_nodelay(pid: int) -> list[tuple[tuple[str, int], tuple[str, int], bool]]:
+    """Each connected TCP socket of process ``pid``: (local address, peer address, TCP_NODELAY set).
+
+    Read from a duplicate of each descriptor (pidfd_getfd, Linux 5.6; root may take any process's)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd_getfd = 438  # the system call's number on x86_64 and aarch64 alike
+    found = []
+    pidfd = os.pidfd_open(pid)
+    try:
+        for entry in Path(f"/proc/{pid}/fd").iterdir():
+            if not os.readlink(entry).startswith("socket:"):
+                continue
+            fd = libc.syscall(pidfd_getfd, pidfd, int(entry.name), 0)
+            if fd < 0:
+                continue  # closed meanwhile
+            sock = socket.socket(fileno=fd)
+            try:
+                if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
+                    try:
+                        peer = sock.getpeername()
+                    except OSError:  # a listening socket
+                        continue
+                    nodelay = bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                    found.append((sock.getsockname()[:2], peer[:2], nodelay))
+            finally:
+                sock.close()  # the duplicate only
+    finally:
+        os.close(pidfd)
+    return found
