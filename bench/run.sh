@@ -3,5 +3,5 @@
 # (python -m bench.run, from the repository root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SETUP_APT="openssh-server openssh-client" scripts/setup.sh test,broker,fast
+SETUP_APT="openssh-server openssh-client valgrind" scripts/setup.sh test,broker,fast
 exec .venv/bin/python -m bench.run "$@"
