@@ -4,6 +4,7 @@
 #   scripts/slurm-cluster.sh up                 start it (idempotent); prints SLURM_CONF=...
 #   scripts/slurm-cluster.sh firewall default   node: inbound only slurmctld -> slurmd (tcp 6818)
 #   scripts/slurm-cluster.sh firewall strict PORT...
+#   scripts/slurm-cluster.sh firewall open      node: no filtering (bench/start_time.py's direct run)
 #                                              also outbound only to slurmctld (6817) and PORT... on the hub
 #   scripts/slurm-cluster.sh status | down
 #
@@ -79,9 +80,14 @@ PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP OverSubscr
 CONF
 }
 
-firewall() {  # firewall default | strict PORT...
+firewall() {  # firewall default | strict PORT... | open
     local mode=$1; shift || true
     local output=""
+    if [ "$mode" = open ]; then
+        ip netns exec "$NS" nft flush ruleset
+        log "node firewall: open (no filtering)"
+        return
+    fi
     if [ "$mode" = strict ]; then
         local ports="6817${*:+, }$(echo "$*" | tr ' ' ',' | sed 's/,/, /g')"
         output="chain output { type filter hook output priority 0; policy drop;
@@ -160,5 +166,5 @@ case "${1:-up}" in
         SLURM_CONF=$CONF sinfo; SLURM_CONF=$CONF squeue
         ip netns exec "$NS" nft list ruleset ;;
     down) down ;;
-    *) echo "usage: $0 up | firewall default | firewall strict PORT... | status | down" >&2; exit 2 ;;
+    *) echo "usage: $0 up | firewall default | firewall strict PORT... | firewall open | status | down" >&2; exit 2 ;;
 esac

@@ -206,6 +206,9 @@ async def serve_local(carrier: Carrier, bridge: StreamBridge, host: str, timeout
     try:
         await asyncio.wait_for(loop.create_connection(lambda: bridge, host, target), timeout)
     except (OSError, asyncio.TimeoutError) as exc:
-        log.info("session %s: stream %d: cannot connect to %s:%d: %s", carrier.name, bridge.stream_id,
-                 host, target, exc or "timed out")
+        # Refused is what a starting notebook says to every readiness check (the spawner's, every
+        # 50 ms, then JupyterHub's): at INFO, each start would log a screenful of it.
+        level = logging.DEBUG if isinstance(exc, ConnectionRefusedError) else logging.INFO
+        log.log(level, "session %s: stream %d: cannot connect to %s:%d: %s", carrier.name, bridge.stream_id,
+                host, target, exc or "timed out")
         carrier.reset(bridge.stream_id, ErrorCode.CONNECT_FAILED)

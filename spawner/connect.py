@@ -18,19 +18,23 @@ notebook's port. Values are shell-quoted before substitution.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import shlex
+import time
 from typing import TYPE_CHECKING, Any
 
 from batchspawner.batchspawner import JobStatus, format_template
 from jupyterhub.utils import random_port
-from traitlets import Float, Integer, Unicode
+from traitlets import Float, Integer, Unicode, observe
 from traitlets.config import Configurable
 
 from ..wire import ConnectToJobError
 from . import port_report
 from .background import BackgroundCommand
+from .readiness import wait_answering
+from .timing import StartTiming
 
 if TYPE_CHECKING:
     # The mixin is only ever combined with a batchspawner class (``class X(ConnectToJobMixin, SlurmSpawner)``)
@@ -126,6 +130,20 @@ class ConnectToJobMixin(_SpawnerBase):
         """,
     ).tag(config=True)
 
+    notebook_ready_timeout = Float(
+        30.0,
+        help="""
+        Longest wait, in seconds, for the notebook to answer HTTP at the address start() hands to
+        JupyterHub, asked every 50 ms, before start() returns. JupyterHub checks that address itself
+        afterwards, with pauses that double (0.2, 0.4, 0.8, 1.6 s...): a notebook that begins
+        answering just after one of its checks waits for the next, 0.03-1.4 s per start measured on
+        real Slurm (docs/benchmarks.md). Waiting here, JupyterHub's first check succeeds. The wait
+        never takes start() past ``start_timeout``; when it ends without an answer, start() returns
+        anyway and JupyterHub's own check (``http_timeout``) decides. 0: return as soon as the port is
+        known, as batchspawner does.
+        """,
+    ).tag(config=True)
+
     connect_ip = Unicode(
         "127.0.0.1",
         help="""
@@ -149,6 +167,8 @@ class ConnectToJobMixin(_SpawnerBase):
     previous_stop = ""  # the stop_reason of the last server, for this spawn's progress messages
 
     _connect: BackgroundCommand | None = None  # assigned per instance, never mutated in place
+    start_timing: StartTiming | None = None  # the phases of the start in progress (spawner/timing.py)
+    _seen_running = False
 
     # -- hooks for subclasses
 
@@ -188,6 +208,60 @@ class ConnectToJobMixin(_SpawnerBase):
         self.previous_stop, self.stop_reason = self.stop_reason, ""
         self.connect_restarted = 0
         port_report.ensure_running()  # a class a wrapper imported late still gets the hardened handler
+        self.start_timing = timing = StartTiming(self.log, f"{self.user.name}'s server")
+        try:
+            ip, port = await self._start_and_connect(timing)
+            await self._wait_answering(timing, ip, port)
+            if self.log.isEnabledFor(logging.DEBUG):
+                await self.phases_seen_elsewhere(timing)
+        finally:
+            self.start_timing = None
+        timing.mark("started")
+        return ip, port
+
+    async def _wait_answering(self, timing: StartTiming, ip: str, port: int) -> None:
+        """Until the notebook answers at the address JupyterHub gets (spawner/readiness.py), within
+        notebook_ready_timeout and what is left of start_timeout."""
+        if self.notebook_ready_timeout <= 0:
+            return
+        left = float(self.start_timeout) - (time.time() - timing.began) - 1.0
+        limit = min(self.notebook_ready_timeout, left)
+        if limit <= 0:
+            return
+        server = getattr(self, "server", None)
+        path = server.base_url if server is not None else "/"
+        waited, attempts, answered = await wait_answering(ip or "127.0.0.1", port, path, limit)
+        if answered:
+            timing.mark(f"notebook answers HTTP after {waited * 1000:.0f} ms ({attempts} checks)")
+        else:
+            self.log.info("The notebook of %s did not answer HTTP within %.0f s; JupyterHub checks on",
+                          self.user.name, waited)
+
+    async def phases_seen_elsewhere(self, timing: StartTiming) -> None:
+        """Log the phases of this start that other processes saw (``timing.mark_at``); only at DEBUG."""
+
+    # The phases batchspawner passes through, seen as it records them (its start() is one loop).
+
+    @observe("job_id")
+    def _job_submitted(self, change: dict[str, Any]) -> None:
+        if self.start_timing is not None and change["new"]:
+            self.start_timing.mark(f"job {change['new']} submitted")
+
+    @observe("job_status")
+    def _job_status(self, change: dict[str, Any]) -> None:
+        timing = self.start_timing
+        if timing is not None and change["new"] and not getattr(self, "_seen_running", False) \
+                and self.state_isrunning():
+            self._seen_running = True
+            timing.mark(f"job {self.job_id} running on {self.state_gethost() or '?'}")
+
+    @observe("port")
+    def _port_reported(self, change: dict[str, Any]) -> None:
+        if self.start_timing is not None and change["new"] and not self._connect:
+            self.start_timing.mark(f"notebook port {change['new']} reported")
+
+    async def _start_and_connect(self, timing: StartTiming) -> tuple[str, int]:
+        self._seen_running = False
         ip, port = await super().start()
         if not self.connect_to_job_cmd:
             return ip, port
@@ -198,7 +272,7 @@ class ConnectToJobMixin(_SpawnerBase):
         await connect.start()
         self._connect = connect
         waited, why = await wait_ready(connect, local_port, self.connect_startup_check, taken)
-        self.log.debug("Connect-to-job command for job %s: %s after %.0f ms", self.job_id, why, waited * 1000)
+        timing.mark(f"connect step {why} after {waited * 1000:.0f} ms")
         if connect.exited():
             reason = connect.describe_exit()
             await connect.terminate(self.connect_stop_timeout)

@@ -24,6 +24,7 @@ from ..wire import ApiError, ConfigurationError, JobEndedError
 from .agent_command import AgentCommandMixin, loggable_script
 from .connect import ConnectToJobMixin
 from .form import ResourceOptionsMixin
+from .timing import StartTiming
 
 
 def default_connect_cmd() -> str:
@@ -267,6 +268,16 @@ class BrokerTunnelMixin(ResourceOptionsMixin, AgentCommandMixin, ConnectToJobMix
         if status is not None and self.tunnel_id:
             await self.delete_tunnel()
         return status
+
+    async def phases_seen_elsewhere(self, timing: StartTiming) -> None:
+        """When the agent connected, as the broker saw it."""
+        try:
+            tunnel = await self._broker("tunnel", self.tunnel_id)
+        except ApiError:
+            return
+        since = tunnel["agent"].get("connected_since")
+        if isinstance(since, (int, float)):
+            timing.mark_at("agent connected to the broker", since)
 
     async def agent_connected(self) -> bool:
         if not self.tunnel_id:

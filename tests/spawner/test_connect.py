@@ -27,6 +27,7 @@ from batchtunnel.spawner import (
     TorqueTunnelSpawner,
 )
 from batchtunnel.spawner.background import _group_alive
+from traitlets import default
 
 from tests.support.processes import BIN, ProcessGroup, free_port, port_open, wait_until
 
@@ -126,7 +127,9 @@ class FakeBatch:
 
 
 class Connecting(ConnectToJobMixin, FakeBatch):
-    pass
+    @default("notebook_ready_timeout")
+    def _no_notebook_here(self) -> float:
+        return 0.0  # nothing answers HTTP in these tests; test_readiness.py has a notebook that does
 
 
 async def test_empty_command_behaves_like_plain_batchspawner() -> None:
