@@ -118,7 +118,8 @@ def main() -> None:
                       f"({rec['rtt_cpu_us'][-1]:.0f} CPU us), {rec['conn_per_s'][-1]:.0f} conn/s", flush=True)
     finally:
         procs.stop_all()
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "prune"], check=False)
+        for tree in workdir.glob("tree-*"):  # the worktrees checkout() added
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
     print(table(results, args.rounds, variants))  # the ssh -L row, if any, is paired like a variant
     if args.json:
         args.json.write_text(json.dumps({"date": time.time(), "results": results}, indent=2))
