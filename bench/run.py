@@ -158,7 +158,16 @@ class PathUnderTest:
         return total / 1024
 
 
-def setup_ssh(procs: ProcessGroup, workdir: Path, target: int) -> tuple[list[PathUnderTest], int]:
+@dataclass(frozen=True)
+class Sshd:
+    """An sshd on 127.0.0.1 with throwaway keys, for ssh -L forwards."""
+
+    port: int
+    keys: Path
+    pid: int
+
+
+def start_sshd(procs: ProcessGroup, workdir: Path) -> Sshd:
     keys = workdir / "ssh"
     keys.mkdir()
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / "host")], check=True)
@@ -174,16 +183,30 @@ def setup_ssh(procs: ProcessGroup, workdir: Path, target: int) -> tuple[list[Pat
     os.makedirs("/run/sshd", exist_ok=True)
     sshd = procs.start("sshd", ["/usr/sbin/sshd", "-D", "-e", "-f", str(keys / "sshd_config")])
     wait_port(port)
+    return Sshd(port, keys, sshd.pid)
+
+
+AES128 = ["-c", "aes128-gcm@openssh.com"]
+
+
+def ssh_forward(procs: ProcessGroup, sshd: Sshd, host: str, port: int, cipher: list[str]) -> tuple[int, int]:
+    """``ssh -N -L LOCAL:host:port`` through ``sshd``; returns the local port and the ssh client's pid."""
+    local = free_port()
+    client = procs.start(f"ssh-{local}", [
+        "ssh", "-N", "-F", "/dev/null", "-i", str(sshd.keys / "client"), "-p", str(sshd.port),
+        "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
+        "-o", "ExitOnForwardFailure=yes", *cipher, "-L", f"{local}:{host}:{port}", "root@127.0.0.1",
+    ])
+    wait_port(local)
+    return local, client.pid
+
+
+def setup_ssh(procs: ProcessGroup, workdir: Path, target: int) -> tuple[list[PathUnderTest], int]:
+    sshd = start_sshd(procs, workdir)
     paths = []
-    for name, cipher in (("ssh -L (default cipher)", []), ("ssh -L (aes128-gcm)", ["-c", "aes128-gcm@openssh.com"])):
-        local = free_port()
-        client = procs.start(f"ssh-{local}", [
-            "ssh", "-N", "-F", "/dev/null", "-i", str(keys / "client"), "-p", str(port),
-            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
-            "-o", "ExitOnForwardFailure=yes", *cipher, "-L", f"{local}:127.0.0.1:{target}", "root@127.0.0.1",
-        ])
-        wait_port(local)
-        paths.append(PathUnderTest(name, local, [client.pid, sshd.pid]))
+    for name, cipher in (("ssh -L (default cipher)", []), ("ssh -L (aes128-gcm)", AES128)):
+        local, pid = ssh_forward(procs, sshd, "127.0.0.1", target, cipher)
+        paths.append(PathUnderTest(name, local, [pid, sshd.pid]))
     return paths, sshd.pid
 
 

@@ -186,6 +186,14 @@ start() {
     qconf -ssconf | sed -e 's/^schedule_interval .*/schedule_interval 0:0:1/' -e 's/^flush_submit_sec .*/flush_submit_sec 1/' \
         -e 's/^flush_finish_sec .*/flush_finish_sec 1/' > "$STATE/sched.conf"
     qconf -Msconf "$STATE/sched.conf" >/dev/null
+    # Write the accounting file every second, not every 15 s (flush_time): the spawner reads why a job
+    # ended from qacct, and waits for the record at most 20 s (spawner/spawners.py ACCOUNTING_WAIT).
+    mkdir -p "$STATE/conf"
+    # (qconf shows long values on continuation lines: join them, then set the whole value.)
+    qconf -sconf global | awk '/\\$/ { sub(/\\$/, ""); printf "%s", $0; next } { print }' \
+        | sed -e '/^reporting_params/c\reporting_params accounting=true reporting=false flush_time=00:00:15 joblog=false sharelog=00:00:00 accounting_flush_time=00:00:01' \
+              -e '/^flush_time=/d' > "$STATE/conf/global"
+    qconf -Mconf "$STATE/conf/global" >/dev/null
     if ! alive "$EXECD_PID" sge_execd; then
         nsenter --net="/run/netns/$NS" --uts="$RUN/node.uts" /usr/sbin/sge_execd
     fi
