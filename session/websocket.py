@@ -149,11 +149,17 @@ class WebSocketLink(asyncio.BufferedProtocol):
 
     @property
     def writable(self) -> bool:
-        return self._writable and self.phase is Phase.OPEN
+        return self._writable and self.phase is Phase.OPEN and not self._closing()
+
+    def _closing(self) -> bool:
+        """The transport was closed or aborted; connection_lost has not been called yet."""
+        return self._transport is None or self._transport.is_closing()
 
     def write(self, data: Buffer) -> None:
-        """Send one binary message (dropped unless the WebSocket is open)."""
-        if self.phase is Phase.OPEN and self._transport is not None:
+        """Send one binary message (dropped unless the WebSocket is open). Not on a transport that is
+        closing: the session writes at once now, which can be between a reset and connection_lost, and
+        the TLS layer logs a warning for each such write."""
+        if self.phase is Phase.OPEN and self._transport is not None and not self._transport.is_closing():
             # One call: a TLS transport encrypts both parts, then sends once.
             self._transport.writelines(encode(Opcode.BINARY, data, self._client))
 
