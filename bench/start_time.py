@@ -52,9 +52,11 @@ PHASES = [
     ("submitted", "job submitted"),
     ("running", "job running (spawner sees it)"),
     ("script", "job script begins on the node"),
+    ("command", "notebook's command started (the agent's log; directly: the script)"),
     ("agent", "agent connected"),
     ("port", "port reported to the hub"),
     ("connect", "connect step ready"),
+    ("imports", "notebook's first log line (its imports done)"),
     ("notebook", "notebook server listening (its log)"),
     ("answers", "notebook answers HTTP (spawner sees it)"),
     ("started", "spawner done"),
@@ -119,13 +121,22 @@ def phases_from_hub_log(text: str, user: str) -> dict[str, float]:
     return out
 
 
+_AGENT_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+
+
 def phases_from_job_output(path: Path) -> dict[str, float]:
     out: dict[str, float] = {}
     for line in path.read_text(errors="replace").splitlines():
         if line.startswith(SCRIPT_MARK):
             out["script"] = float(line.split()[-1])
-        elif "is running at" in line and "notebook" not in out and (when := log_time(line)) is not None:
-            out["notebook"] = when
+            out.setdefault("command", out["script"])  # directly the script runs it; the agent's line overrides
+        elif "batchtunnel.agent.supervisor: started " in line and (found := _AGENT_TIME.match(line)):
+            stamp = datetime.datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S,%f")
+            out["command"] = stamp.replace(tzinfo=datetime.timezone.utc).timestamp()
+        elif (when := log_time(line)) is not None:
+            out.setdefault("imports", when)
+            if "is running at" in line:
+                out.setdefault("notebook", when)
     return out
 
 
@@ -227,11 +238,9 @@ def page_load_through_ssh(browser: Any, hub: Hub, user: str, procs: ProcessGroup
 
 
 def clean_home(user: str) -> None:
-    """A returning user's saved workspace would reopen old tabs: every start begins from the same state."""
-    home = Path(f"/home/{user}")
-    shutil.rmtree(home / ".jupyter" / "lab" / "workspaces", ignore_errors=True)
-    for old in home.glob("jupyterhub_slurmspawner_*.log"):
-        old.unlink()
+    """A returning user's saved workspace would reopen old tabs: every start begins from the same state.
+    The job outputs stay (one per job id), for a look at any spawn afterwards."""
+    shutil.rmtree(Path(f"/home/{user}") / ".jupyter" / "lab" / "workspaces", ignore_errors=True)
 
 
 def main() -> None:
