@@ -43,6 +43,13 @@ def run_connect(
     until the restarted hub runs the command again on the same port (the broker answers that with the
     exposure it kept). Whoever ends the server deletes the tunnel, and its exposures with it."""
     stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        # Before the exposure exists: a SIGTERM once the port listens (the spawner sees it listen and
+        # may stop us at once) must remove it, not kill us with it left behind.
+        def _stop(signum: int, frame: FrameType | None) -> None:
+            stop.set()
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
     try:
         exposure = client.expose(tunnel_id, port, rport, host)
     except ApiError as exc:
@@ -52,11 +59,6 @@ def run_connect(
     log.info("tunnel %s reachable on %s:%d -> node port %d", tunnel_id, host, port, rport)
     print(f"{host}:{port}", flush=True)
 
-    if threading.current_thread() is threading.main_thread():
-        def _stop(signum: int, frame: FrameType | None) -> None:
-            stop.set()
-        signal.signal(signal.SIGTERM, _stop)
-        signal.signal(signal.SIGINT, _stop)
 
     last_reached = time.monotonic()
     agent_down_since: float | None = time.monotonic()
