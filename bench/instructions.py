@@ -50,7 +50,7 @@ from .harness import (
     wait_port,
     write_docs,
 )
-from .run import round_trips
+from .run import AES128, round_trips, ssh_forward, start_sshd
 
 
 def callgrind(outdir: Path, name: str) -> list[str]:
@@ -98,32 +98,12 @@ def main() -> None:
     try:
         target = start_target(procs)
         paths: list[tuple[str, int, list[int]]] = []
-        # ssh -L, both ciphers, sshd and ssh under callgrind
-        keys = workdir / "ssh"
-        keys.mkdir()
-        for key in ("host", "client"):
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / key)], check=True)
-        shutil.copy(keys / "client.pub", keys / "authorized_keys")
-        sshd_port = free_port()
-        (keys / "sshd_config").write_text(
-            f"Port {sshd_port}\nListenAddress 127.0.0.1\nHostKey {keys / 'host'}\n"
-            f"AuthorizedKeysFile {keys / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
-            f"PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
-            f"AllowTcpForwarding yes\nLogLevel ERROR\nLoginGraceTime 600\n")
-        Path("/run/sshd").mkdir(exist_ok=True)
-        procs.start("sshd", ["/usr/sbin/sshd", "-D", "-e", "-f", str(keys / "sshd_config")])
-        wait_port(sshd_port)
-        ciphers = (("ssh -L (default cipher)", []), ("ssh -L (aes128-gcm)", ["-c", "aes128-gcm@openssh.com"]))
-        for name, cipher in ciphers:
-            local = free_port()
-            client = procs.start(f"ssh-{local}", [*callgrind(out, "ssh"), "ssh", "-N", "-F", "/dev/null",
-                                 "-i", str(keys / "client"), "-p", str(sshd_port), "-o", "StrictHostKeyChecking=no",
-                                 "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o",
-                                 "ExitOnForwardFailure=yes", *cipher, "-L", f"{local}:127.0.0.1:{target}",
-                                 "root@127.0.0.1"])
-            wait_port(local, timeout=180)
+        # ssh -L, both ciphers, the ssh client under callgrind (sshd cannot be: see above)
+        sshd = start_sshd(procs, workdir)
+        for name, cipher in (("ssh -L (default cipher)", []), ("ssh -L (aes128-gcm)", AES128)):
+            local, pid = ssh_forward(procs, sshd, "127.0.0.1", target, cipher, callgrind(out, "ssh"), timeout=180)
             download(local, 1)  # the forwarding child exists
-            paths.append((f"{name}: ssh", local, [client.pid]))
+            paths.append((f"{name}: ssh", local, [pid]))
         # batchtunnel, shipped defaults
         pki = make_pki(workdir / "pki")
         agent_port, api_port = free_port(), free_port()

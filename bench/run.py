@@ -189,15 +189,17 @@ def start_sshd(procs: ProcessGroup, workdir: Path) -> Sshd:
 AES128 = ["-c", "aes128-gcm@openssh.com"]
 
 
-def ssh_forward(procs: ProcessGroup, sshd: Sshd, host: str, port: int, cipher: list[str]) -> tuple[int, int]:
-    """``ssh -N -L LOCAL:host:port`` through ``sshd``; returns the local port and the ssh client's pid."""
+def ssh_forward(procs: ProcessGroup, sshd: Sshd, host: str, port: int, cipher: list[str],
+                prefix: list[str] | None = None, timeout: float = 20) -> tuple[int, int]:
+    """``ssh -N -L LOCAL:host:port`` through ``sshd`` (run under ``prefix``, e.g. valgrind); returns the
+    local port and the ssh client's pid."""
     local = free_port()
     client = procs.start(f"ssh-{local}", [
-        "ssh", "-N", "-F", "/dev/null", "-i", str(sshd.keys / "client"), "-p", str(sshd.port),
+        *(prefix or []), "ssh", "-N", "-F", "/dev/null", "-i", str(sshd.keys / "client"), "-p", str(sshd.port),
         "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
         "-o", "ExitOnForwardFailure=yes", *cipher, "-L", f"{local}:{host}:{port}", "root@127.0.0.1",
     ])
-    wait_port(local)
+    wait_port(local, timeout)
     return local, client.pid
 
 
