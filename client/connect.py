@@ -59,7 +59,6 @@ def run_connect(
     log.info("tunnel %s reachable on %s:%d -> node port %d", tunnel_id, host, port, rport)
     print(f"{host}:{port}", flush=True)
 
-
     last_reached = time.monotonic()
     agent_down_since: float | None = time.monotonic()
     while not stop.wait(poll_interval):

@@ -159,7 +159,8 @@ class WebSocketLink(asyncio.BufferedProtocol):
         """Send one binary message (dropped unless the WebSocket is open). Not on a transport that is
         closing: the session writes at once now, which can be between a reset and connection_lost, and
         the TLS layer logs a warning for each such write."""
-        if self.phase is Phase.OPEN and self._transport is not None and not self._transport.is_closing():
+        if self.phase is Phase.OPEN and not self._closing():
+            assert self._transport is not None  # _closing() says so
             # One call: a TLS transport encrypts both parts, then sends once.
             self._transport.writelines(encode(Opcode.BINARY, data, self._client))
 

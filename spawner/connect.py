@@ -250,8 +250,7 @@ class ConnectToJobMixin(_SpawnerBase):
     @observe("job_status")
     def _job_status(self, change: dict[str, Any]) -> None:
         timing = self.start_timing
-        if timing is not None and change["new"] and not getattr(self, "_seen_running", False) \
-                and self.state_isrunning():
+        if timing is not None and change["new"] and not self._seen_running and self.state_isrunning():
             self._seen_running = True
             timing.mark(f"job {self.job_id} running on {self.state_gethost() or '?'}")
 
