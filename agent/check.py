@@ -18,8 +18,9 @@ from urllib.parse import urlsplit
 from .. import __version__
 from ..session import CHECK_HEADER, WebSocketLink
 from ..wire import HandshakeRejected, PeerRejected, ProxyRefused
-from .dialer import Agent, AgentConfig
-from .proxy import open_through
+from .config import AgentConfig
+from .dialer import Agent
+from .proxy_connect import open_through
 
 
 @dataclass

@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
 import random
+import socket
 import ssl
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from .. import __version__
@@ -24,67 +23,19 @@ from ..session import (
 )
 from ..wire import (
     SERVICE_HUB_API,
-    ConfigurationError,
     Connection,
     ConnectionClosed,
     ErrorCode,
     HandshakeRejected,
     PeerRejected,
     ProxyRefused,
-    Settings,
     Side,
 )
-from .proxy import Proxy, address, choose_proxy, open_through
+from .config import LOOPBACK, AgentConfig
+from .proxy import Proxy, choose_proxy
+from .proxy_connect import open_through
 
 log = logging.getLogger(__name__)
-
-LOOPBACK = "127.0.0.1"
-
-
-@dataclass
-class AgentConfig:
-    """What the agent needs. The token comes from the environment or a file, never argv."""
-
-    url: str
-    token: str
-    cafile: str | None = None
-    cadata: str | None = None  # PEM text of the CA (BATCHTUNNEL_CA_PEM), instead of a file
-    insecure: bool = False
-    fingerprints: list[str] = field(default_factory=list)  # pinned broker certificates
-    allow_ports: list[int] = field(default_factory=list)
-    heartbeat_interval: float = 5.0
-    heartbeat_timeout: float = 15.0
-    connect_timeout: float = 10.0
-    backoff_initial: float = 0.5
-    backoff_max: float = 30.0
-    resume_grace: float = 60.0  # seconds a lost session's streams are kept while redialling
-    proxy: str = ""  # --proxy: an http:// proxy URL, "none", or "" for the environment's (agent/proxy.py)
-    environ: dict[str, str] = field(default_factory=lambda: dict(os.environ), repr=False)  # https_proxy...
-    wire: Settings = field(default_factory=lambda: Settings(software=f"batchtunnel-agent/{__version__}"))
-
-    def check(self) -> None:
-        """Raises ConfigurationError naming the option to fix."""
-        scheme = urlsplit(self.url).scheme
-        if scheme not in ("ws", "wss"):
-            raise ConfigurationError(f"--url must start with wss:// (or ws:// with --insecure), not {self.url!r}")
-        if scheme == "ws" and not self.insecure:
-            raise ConfigurationError("--url is plain ws://: TLS is required unless --insecure is given")
-        if scheme == "ws" and self.fingerprints:
-            raise ConfigurationError("--fingerprint pins a TLS certificate: it needs a wss:// --url")
-        for text in self.fingerprints:
-            parse_fingerprint(text)
-        if not self.token:
-            raise ConfigurationError("no tunnel token: set BATCHTUNNEL_TOKEN or --token-file")
-        if self.backoff_initial <= 0 or self.backoff_max < self.backoff_initial:
-            raise ConfigurationError("--backoff-initial must be > 0 and <= --backoff-max")
-        if self.heartbeat_timeout <= self.heartbeat_interval:
-            raise ConfigurationError("--heartbeat-timeout must be longer than --heartbeat-interval")
-        if self.resume_grace < 0:
-            raise ConfigurationError("--resume-grace must be 0 (off) or more seconds")
-
-    @property
-    def broker_address(self) -> tuple[str, int]:
-        return address(self.url)
 
 
 def backoff_delays(initial: float, maximum: float, rng: random.Random) -> Iterator[float]:
@@ -111,11 +62,15 @@ class Agent:
         self._retry_after = 0.0  # what the broker last asked for with Retry-After
         self.proxy: Proxy | None = choose_proxy(config.url, config.proxy, config.environ)  # raises on a bad one
 
-    async def listen_hub_api(self) -> int:
-        """Single-outbound-port mode: accept on a free 127.0.0.1 port; each connection goes to the hub's
-        API as a stream through the broker. Returns the port."""
+    async def listen_hub_api(self, sock: socket.socket | None = None) -> int:
+        """Single-outbound-port mode: accept on ``sock`` (command.hub_api_listener), or else on a free
+        127.0.0.1 port; each connection goes to the hub's API as a stream through the broker. Returns
+        the port."""
         loop = asyncio.get_running_loop()
-        self._hub_api_server = await loop.create_server(self._hub_api_protocol, LOOPBACK, 0)
+        if sock is None:
+            self._hub_api_server = await loop.create_server(self._hub_api_protocol, LOOPBACK, 0)
+        else:
+            self._hub_api_server = await loop.create_server(self._hub_api_protocol, sock=sock)
         port: int = self._hub_api_server.sockets[0].getsockname()[1]
         log.info("hub API reachable through the tunnel on %s:%d", LOOPBACK, port)
         return port

@@ -12,7 +12,8 @@ import asyncio
 import logging
 import sys
 
-from batchtunnel.agent import Agent, AgentConfig
+from batchtunnel.agent.config import AgentConfig
+from batchtunnel.agent.dialer import Agent
 
 
 async def main(url: str, cafile: str, tokens: list[str], shipped: bool) -> None:

@@ -130,7 +130,7 @@ def phases_from_job_output(path: Path) -> dict[str, float]:
         if line.startswith(SCRIPT_MARK):
             out["script"] = float(line.split()[-1])
             out.setdefault("command", out["script"])  # directly the script runs it; the agent's line overrides
-        elif "batchtunnel.agent.supervisor: started " in line and (found := _AGENT_TIME.match(line)):
+        elif "batchtunnel.agent.command: started " in line and (found := _AGENT_TIME.match(line)):
             stamp = datetime.datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S,%f")
             out["command"] = stamp.replace(tzinfo=datetime.timezone.utc).timestamp()
         elif (when := log_time(line)) is not None:

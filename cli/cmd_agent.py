@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
+import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .event_loop import run as run_loop
 from .options import Option, port_number, positive, read_secret, seconds_or_off
+
+if TYPE_CHECKING:
+    import asyncio
+    import socket
+    import subprocess
+
+    from ..agent.config import AgentConfig
+
+log = logging.getLogger(__name__)
 
 NAME = "agent"
 HELP = "run the agent inside a batch job (dials out; optionally wraps a command)"
@@ -73,7 +81,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(values: dict[str, Any], args: argparse.Namespace) -> int:
-    from ..agent import Agent, AgentConfig, run_with_command, through_tunnel
+    # Light imports only until the command has started (agent/command.py): the notebook's start, the
+    # longest phase of a spawn, should not wait for asyncio, TLS and websockets to load.
+    from ..agent import command as job
+    from ..agent.config import AgentConfig
     from ..wire import ConfigurationError
 
     if not values["url"]:
@@ -91,26 +102,57 @@ def run(values: dict[str, Any], args: argparse.Namespace) -> int:
         resume_grace=values["resume_grace"], proxy=values["proxy"] or "",
         backoff_initial=values["backoff_initial"], backoff_max=values["backoff_max"],
     )
+    config.check()
     command = list(args.command)
     if command and command[0] == "--":
         command = command[1:]
     if values["check"]:
-        from ..agent.check import check
+        return _check(config, values)
 
-        async def checking(stop: asyncio.Event) -> int:
-            result = await check(config)
-            print(result.line)
-            return 0 if result.ok else 1
+    hub_api = job.hub_api_listener() if values["hub_api_via_tunnel"] else None
+    process = None
+    if command:
+        env = dict(os.environ)
+        if hub_api is not None:
+            env = job.through_tunnel(env, hub_api.getsockname()[1])
+        try:
+            process = job.start(command, env)
+        except OSError as exc:
+            log.error("cannot start %s: %s", command[0], exc.strerror or exc)
+            return 127
+    try:
+        return _serve(config, values, process, hub_api)
+    finally:
+        if process is not None:  # the agent ended (an error, a missing module) before the command
+            job.stop(process, "the agent ended")
 
-        return run_loop(checking, "asyncio")
+
+def _check(config: AgentConfig, values: dict[str, Any]) -> int:
+    from ..agent.check import check
+    from .event_loop import run as run_loop
+
+    async def checking(stop: asyncio.Event) -> int:
+        result = await check(config)
+        print(result.line)
+        return 0 if result.ok else 1
+
+    return run_loop(checking, "asyncio")
+
+
+def _serve(config: AgentConfig, values: dict[str, Any], process: subprocess.Popen[bytes] | None,
+           hub_api: socket.socket | None) -> int:
+    import asyncio
+
+    from ..agent.dialer import Agent
+    from ..agent.supervisor import run_with_command
+    from .event_loop import run as run_loop
 
     async def main(stop: asyncio.Event) -> int:
         agent = Agent(config)
-        env = dict(os.environ)
-        if values["hub_api_via_tunnel"]:
-            env = through_tunnel(env, await agent.listen_hub_api())
-        if command:
-            return await run_with_command(agent, command, env)
+        if process is not None:
+            return await run_with_command(agent, process, hub_api)
+        if hub_api is not None:
+            await agent.listen_hub_api(hub_api)
         task = asyncio.ensure_future(agent.run())  # owned here
         await stop.wait()
         agent.stop()

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
-import secrets
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..wire import ConfigurationError, Settings
-from .event_loop import run as run_loop
+from ..wire import ConfigurationError
 from .options import Option, api_address, file_mode, host_port, positive, read_secret, seconds_or_off
+
+if TYPE_CHECKING:
+    import asyncio
 
 log = logging.getLogger("batchtunnel.broker")
 
@@ -82,6 +82,8 @@ OPTIONS = [
 def admin_token(values: dict[str, Any]) -> str:
     path = values["admin_token_file"]
     if not os.environ.get("BATCHTUNNEL_ADMIN_TOKEN") and path and not os.path.exists(path):
+        import secrets
+
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_urlsafe(32) + "\n")
@@ -91,6 +93,7 @@ def admin_token(values: dict[str, Any]) -> str:
 
 def run(values: dict[str, Any], args: argparse.Namespace) -> int:
     from ..broker import Broker, BrokerConfig  # aiohttp: only needed on the hub side
+    from ..wire import Settings
 
     listen_host, listen_port = values["listen"]
     api_host, api_port = values["api_listen"]
@@ -131,6 +134,8 @@ def run(values: dict[str, Any], args: argparse.Namespace) -> int:
         log.info("shutting down")
         await broker.stop()
         return 0
+
+    from .event_loop import run as run_loop  # asyncio: for this command only
 
     return run_loop(main, values["event_loop"])
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import resource
 
-from batchtunnel.agent import Agent, AgentConfig
+from batchtunnel.agent.config import AgentConfig
+from batchtunnel.agent.dialer import Agent
 
 from tests.support.processes import eventually, reset_connections
 from tests.support.tunnel import BrokerProcess
