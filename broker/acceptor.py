@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 from ..session import TaskOwner, WebSocketLink
 from .admission import Admission
+from .memory import TlsBuffers
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class AgentListener:
         self.new_link = new_link
         self.admission = admission
         self.ssl_context = ssl_context
+        self._tls_buffers = TlsBuffers()
         self.handshake_timeout = handshake_timeout
         self.port = 0
         self._sock: socket.socket | None = None
@@ -96,6 +98,8 @@ class AgentListener:
     async def _connect(self, sock: socket.socket, host: str, peer: str) -> None:
         """TLS (if any), then the link's own handshake; the link releases the count from there on."""
         link = self.new_link(lambda: self.admission.done(host))
+        if self.ssl_context is not None:
+            self._tls_buffers.before_tls()  # the TLS layer's read buffer apart from the heap (broker/memory.py)
         try:
             await asyncio.get_running_loop().connect_accepted_socket(
                 lambda: link, sock, ssl=self.ssl_context,

@@ -11,6 +11,19 @@ started once they were idle again, so it also trims every ``interval`` while any
 after it stopped). Measured here, a trim that gave 116 MiB back took 18 ms, one with
 nothing to give back under 1 ms. On a C library without
 ``malloc_trim`` (musl, macOS) this does nothing.
+
+Idle agents cost resident memory too, and most of it was not Python's: uvloop's TLS layer allocates a
+256 KiB read buffer per connection, and glibc, which maps large allocations apart only until the
+first of them is freed (its threshold then rises), put these buffers in the heap, on pages earlier
+allocations had already made resident. As mappings of their own only the pages TLS records were
+written to count. So the mapping threshold is that buffer's size while the loop creates a
+connection's TLS layer (``TlsBuffers``) and 4 MiB otherwise; the data path allocates as much per read,
+and a threshold of 256 KiB for the whole process halved bulk throughput. A fixed threshold also stops
+glibc raising the heap top it keeps (128 KiB by default): with 32 MiB and that, one stream moved 0.71
+times as much (the heap shrank and grew at every large free), so the heap top kept is set to 64 MiB,
+and the Trimmer returns what is left over. 1,000 idle agents on a fresh broker, three pairs
+alternating: 54.0 (52.3-55.8) KiB per agent before, 42.2 (41.6-47.3) after; bulk throughput and CPU
+per GiB the same within the spread (bench/ab.py, 5 rounds; docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -19,19 +32,70 @@ import asyncio
 import ctypes
 import ctypes.util
 from collections.abc import Callable
+from typing import Any
+
+M_MMAP_THRESHOLD = -3
+"""mallopt's parameter for the size from which glibc maps an allocation apart (malloc.h)."""
+TLS_READ_BUFFER = 256 * 1024
+"""The read buffer uvloop's TLS layer allocates per connection (its SSL_READ_MAX_SIZE)."""
+
+
+def _libc_function(name: str) -> Any:
+    """The C library's function ``name`` (a ctypes function), or None."""
+    library = ctypes.util.find_library("c")
+    if library is None:
+        return None
+    try:
+        return getattr(ctypes.CDLL(library), name)
+    except (OSError, AttributeError):
+        return None
 
 
 def _load_malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    try:
-        trim = ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError):
+    trim = _libc_function("malloc_trim")
+    if trim is None:
         return None
     trim.argtypes = [ctypes.c_size_t]
     trim.restype = ctypes.c_int
-    return trim
+    return trim  # type: ignore[no-any-return]
+
+
+M_TRIM_THRESHOLD = -1
+"""mallopt's parameter for how much free memory at the heap's top glibc keeps rather than returns."""
+HIGH_THRESHOLD = 4 * 1024 * 1024
+"""The mapping threshold outside connection set-ups."""
+TRIM_THRESHOLD = 64 * 1024 * 1024
+"""The heap top glibc keeps: a fixed mapping threshold also stops glibc raising this one by itself,
+and at its default (128 KiB) bulk transfers grew and shrank the heap at every large free. The
+Trimmer returns what is left over."""
+
+
+class TlsBuffers:
+    """``before_tls()`` just before the event loop creates a connection's TLS layer: its read buffer
+    gets a mapping of its own; the loop's next turn sets the threshold back to HIGH_THRESHOLD. Does
+    nothing where the C library has no ``mallopt`` (musl ignores it, macOS lacks it)."""
+
+    def __init__(self) -> None:
+        self._mallopt = _libc_function("mallopt")
+        if self._mallopt is not None:
+            self._mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+            self._mallopt.restype = ctypes.c_int
+        self._restore: asyncio.Handle | None = None
+        self._trim_set = False
+
+    def before_tls(self) -> None:
+        if self._mallopt is None:
+            return
+        if not self._trim_set:
+            self._trim_set = True
+            self._mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+        self._mallopt(M_MMAP_THRESHOLD, TLS_READ_BUFFER)
+        if self._restore is None:
+            self._restore = asyncio.get_running_loop().call_soon(self._set_high)
+
+    def _set_high(self) -> None:
+        self._restore = None
+        self._mallopt(M_MMAP_THRESHOLD, HIGH_THRESHOLD)
 
 
 class Trimmer:
