@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.e2e.conftest import CLUSTER, HUB_SIDE, NODE, cluster, empty_queue
-from tests.support.browser import chromium_browser
+from tests.support.browser import chromium_browser, log_in
 from tests.support.hub import JOBENV, Hub, ensure_user
 from tests.support.processes import ProcessGroup, wait_until
 from tests.support.tunnel import BrokerProcess, make_pki
@@ -199,10 +199,7 @@ def page_load(browser: Any, hub: Hub, user: str) -> float:
     try:
         page = context.new_page()
         page.set_default_timeout(60_000)
-        page.goto(f"http://127.0.0.1:{hub.port}/hub/login")
-        page.fill("#username_input", user)
-        page.fill("#password_input", "any-password")
-        page.click("#login_submit")
+        log_in(page, hub.port, user)
         page.wait_for_load_state()
         start = time.monotonic()
         page.goto(f"http://127.0.0.1:{hub.port}/user/{user}/lab")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.browser import Shots, chromium_browser, open_notebook, run_cell
+from tests.support.browser import Shots, chromium_browser, log_in, open_notebook, run_cell
 from tests.support.hub import ROOT, Hub, ensure_user
 from tests.support.processes import wait_until
 from tests.support.tunnel import BrokerProcess
@@ -41,11 +41,7 @@ def test_log_in_choose_options_run_a_cell_and_stop(stack: tuple[Hub, BrokerProce
     with chromium_browser(ARTIFACTS) as browser:
         page = browser.new_page(viewport={"width": 1280, "height": 800})
         page.set_default_timeout(30_000)
-        page.goto(f"http://127.0.0.1:{hub.port}/hub/login")
-        page.fill("#username_input", "btbrowser")
-        page.fill("#password_input", "any-password")
-        shot(page, "login")
-        page.click("#login_submit")
+        log_in(page, hub.port, "btbrowser", shot=shot)
 
         # The options form, with the admin's limits.
         page.wait_for_selector("#bt-cores")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.browser import chromium_browser
+from tests.support.browser import chromium_browser, log_in
 from tests.support.hub import Hub, ensure_user
 from tests.support.processes import ProcessGroup, free_port
 from tests.support.tunnel import BrokerProcess, Pki
@@ -59,7 +59,7 @@ def test_admins_see_every_tunnel_and_others_are_refused(status_stack: tuple[Hub,
     with chromium_browser(ARTIFACTS) as browser:
         admin = browser.new_context(viewport={"width": 1400, "height": 700}).new_page()
         admin.set_default_timeout(30_000)
-        log_in(admin, hub, "btadmin")
+        log_in_and_wait(admin, hub, "btadmin")
         # The hub's Services menu links the page for an admin.
         link = admin.locator('a[href*="/services/batchtunnel-status"]')
         expect(link.first).to_be_attached()
@@ -73,15 +73,12 @@ def test_admins_see_every_tunnel_and_others_are_refused(status_stack: tuple[Hub,
 
         other = browser.new_context(viewport={"width": 1400, "height": 700}).new_page()
         other.set_default_timeout(30_000)
-        log_in(other, hub, "btslurm2")
+        log_in_and_wait(other, hub, "btslurm2")
         response = other.goto(f"http://127.0.0.1:{hub.port}/services/batchtunnel-status/")
         assert response is not None and response.status == 403
         other.screenshot(path=str(ARTIFACTS / "status-not-admin.png"))
 
 
-def log_in(page, hub: Hub, user: str) -> None:  # type: ignore[no-untyped-def]
-    page.goto(f"http://127.0.0.1:{hub.port}/hub/login")
-    page.fill("#username_input", user)
-    page.fill("#password_input", "any-password")
-    page.click("#login_submit")
+def log_in_and_wait(page, hub: Hub, user: str) -> None:  # type: ignore[no-untyped-def]
+    log_in(page, hub.port, user)
     page.wait_for_url(lambda url: "/hub/login" not in url)  # the home page, or a running server

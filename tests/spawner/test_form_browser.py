@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.browser import Shots, chromium_browser
+from tests.support.browser import Shots, chromium_browser, log_in
 from tests.support.hub import CHP, ROOT, Hub, ensure_user
 from tests.support.processes import ProcessGroup, wait_until
 from tests.support.tunnel import BrokerProcess, Pki
@@ -42,10 +42,7 @@ def test_a_profile_sets_the_fields_and_the_choice_reaches_the_script(procs: Proc
     with chromium_browser(ARTIFACTS) as browser:
         page = browser.new_page(viewport={"width": 1100, "height": 900})
         page.set_default_timeout(30_000)
-        page.goto(f"http://127.0.0.1:{hub.port}/hub/login?next=/hub/spawn")
-        page.fill("#username_input", USER)
-        page.fill("#password_input", "any-password")
-        page.click("#login_submit")
+        log_in(page, hub.port, USER, next_path="/hub/spawn")
 
         page.wait_for_selector("#bt-profiles")
         expect(page.locator("#bt-profile-gpu")).to_be_checked()

@@ -6,7 +6,7 @@ import contextlib
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,18 @@ class Shots:
     def __call__(self, page: Any, name: str) -> None:
         self.count += 1
         page.screenshot(path=str(self.folder / f"{self.count:02d}-{name}.png"))
+
+
+def log_in(page: Any, port: int, user: str, next_path: str = "",
+           shot: Callable[[Any, str], None] | None = None) -> None:
+    """Log ``user`` in on the hub at 127.0.0.1:``port`` (the tests' hubs take any password) and submit;
+    ``next_path``: where the hub goes after; ``shot(page, "login")``, if given, sees the filled form."""
+    page.goto(f"http://127.0.0.1:{port}/hub/login" + (f"?next={next_path}" if next_path else ""))
+    page.fill("#username_input", user)
+    page.fill("#password_input", "any-password")
+    if shot is not None:
+        shot(page, "login")
+    page.click("#login_submit")
 
 
 def watch_kernel_info_reply(page: Any) -> threading.Event:
