@@ -33,8 +33,11 @@ Nodes that reach the outside only through an HTTP proxy: the agent dials
 through it (CONNECT), taken from https_proxy / no_proxy as curl and pip do,
 or from --proxy.
 
-With `-- COMMAND ...` the agent runs COMMAND, forwards SIGTERM, SIGINT, SIGHUP,
-SIGUSR1 and SIGUSR2 to it, and exits with its exit status.
+With `-- COMMAND ...` the agent checks its options, starts COMMAND (before it
+loads its own networking code, so the notebook starts sooner), forwards SIGTERM,
+SIGINT, SIGHUP, SIGUSR1 and SIGUSR2 to it, and exits with its exit status; 127
+if COMMAND cannot start. If the agent itself fails, it stops COMMAND (nothing
+could reach it) and exits 1.
 
 Example:
   BATCHTUNNEL_TOKEN=... batchtunnel agent --url wss://hub.example.org:8765/agent \\
