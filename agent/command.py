@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import logging
 import signal
-import socket
 import subprocess
 from types import FrameType
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
+
+if TYPE_CHECKING:
+    import socket
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,8 @@ def hub_api_listener() -> socket.socket:
     """Single-outbound-port mode: a listening socket on a free 127.0.0.1 port, made before the command
     starts so that its environment can name the port; the agent serves it (Agent.listen_hub_api).
     Connections that come before then wait in its backlog."""
+    import socket  # only in this mode: the others start the command without it
+
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.bind(("127.0.0.1", 0))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any
@@ -69,5 +68,7 @@ def run(values: dict[str, Any], args: argparse.Namespace) -> int:
 
 
 def _print(value: Any) -> None:
+    import json  # here: `batchtunnel agent` imports this module too, and needs no json
+
     json.dump(value, sys.stdout, indent=2)
     print()

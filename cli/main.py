@@ -14,8 +14,6 @@ over the environment, which wins over the file.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import logging
 import os
 import sys
@@ -40,6 +38,9 @@ class JsonFormatter(logging.Formatter):
     ``exception`` when there is one. The messages are the text ones: they never hold a token."""
 
     def format(self, record: logging.LogRecord) -> str:
+        import datetime  # here: the agent's start, before its command, does not wait for them
+        import json
+
         entry = {
             "time": datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc).isoformat(
                 timespec="milliseconds"),

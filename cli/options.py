@@ -18,15 +18,8 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    try:
-        import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:  # batchtunnel-agent.pyz on Python 3.9/3.10 carries no TOML parser
-        tomllib = None
 
 from ..wire import ConfigurationError
 
@@ -74,10 +67,23 @@ def add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> N
                                 help=help_text, metavar=opt.metavar)
 
 
+def _toml_parser() -> ModuleType | None:
+    if sys.version_info >= (3, 11):
+        import tomllib
+
+        return tomllib
+    try:  # pragma: no cover
+        import tomli  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:  # batchtunnel-agent.pyz on Python 3.9/3.10 carries no TOML parser
+        return None
+    return tomli  # type: ignore[no-any-return,unused-ignore]
+
+
 def load_file(path: str | None) -> dict[str, Any]:
     """Read the TOML config file; {} when no file is configured."""
     if not path:
         return {}
+    tomllib = _toml_parser()  # loaded only when there is a file: the agent's start does not wait for it
     if tomllib is None:  # pragma: no cover
         raise ConfigurationError("--config needs Python 3.11 or the tomli package: give flags or BATCHTUNNEL_* "
                                  "variables instead")
