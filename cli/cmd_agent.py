@@ -110,7 +110,7 @@ def run(values: dict[str, Any], args: argparse.Namespace) -> int:
     if command and command[0] == "--":
         command = command[1:]
     if values["check"]:
-        return _check(config, values)
+        return _check(config)
 
     hub_api = job.hub_api_listener() if values["hub_api_via_tunnel"] else None
     process = None
@@ -130,7 +130,7 @@ def run(values: dict[str, Any], args: argparse.Namespace) -> int:
             job.stop(process, "the agent ended")
 
 
-def _check(config: AgentConfig, values: dict[str, Any]) -> int:
+def _check(config: AgentConfig) -> int:
     from ..agent.check import check
     from .event_loop import run as run_loop
 
