@@ -20,8 +20,9 @@ written to count. So the mapping threshold is that buffer's size while the loop 
 connection's TLS layer (``TlsBuffers``) and 4 MiB otherwise; the data path allocates as much per read,
 and a threshold of 256 KiB for the whole process halved bulk throughput. A fixed threshold also stops
 glibc raising the heap top it keeps (128 KiB by default): with 32 MiB and that, one stream moved 0.71
-times as much (the heap shrank and grew at every large free), so the heap top kept is set to 64 MiB,
-and the Trimmer returns what is left over. 1,000 idle agents on a fresh broker, three pairs
+times as much (the heap shrinking and growing back at large frees, we think: not counted), and with
+the heap top kept at 64 MiB the loss was gone, so that is set, and the Trimmer returns what is left
+over. 1,000 idle agents on a fresh broker, three pairs
 alternating: 54.0 (52.3-55.8) KiB per agent before, 42.2 (41.6-47.3) after; bulk throughput and CPU
 per GiB the same within the spread (bench/ab.py, 5 rounds; docs/benchmarks.md).
 """
@@ -66,8 +67,8 @@ HIGH_THRESHOLD = 4 * 1024 * 1024
 """The mapping threshold outside connection set-ups."""
 TRIM_THRESHOLD = 64 * 1024 * 1024
 """The heap top glibc keeps: a fixed mapping threshold also stops glibc raising this one by itself,
-and at its default (128 KiB) bulk transfers grew and shrank the heap at every large free. The
-Trimmer returns what is left over."""
+and at its default (128 KiB) bulk transfers lost 29 % of their throughput (see above). The Trimmer
+returns what is left over."""
 
 
 class TlsBuffers:
