@@ -27,6 +27,7 @@ FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signa
 STOP_GRACE = 10.0
 """Seconds the command has after SIGTERM, when the agent ends before it, until SIGKILL."""
 
+
 def exit_status(returncode: int) -> int:
     """Shell convention: a command killed by signal N exits 128 + N."""
     return 128 - returncode if returncode < 0 else returncode
@@ -73,8 +74,8 @@ def start(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     return process
 
 
-def stop(process: subprocess.Popen[bytes], why: str) -> int:
-    """End the command if it still runs (SIGTERM, SIGKILL after STOP_GRACE seconds); its exit status."""
+def stop(process: subprocess.Popen[bytes], why: str) -> None:
+    """End the command if it still runs (SIGTERM, SIGKILL after STOP_GRACE seconds)."""
     if process.poll() is None:
         log.warning("stopping the command (pid %d): %s", process.pid, why)
         process.terminate()
@@ -84,4 +85,3 @@ def stop(process: subprocess.Popen[bytes], why: str) -> int:
             log.warning("the command (pid %d) outlived SIGTERM by %.0f s: SIGKILL", process.pid, STOP_GRACE)
             process.kill()
             process.wait()
-    return exit_status(process.returncode)

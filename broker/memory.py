@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -41,15 +42,21 @@ TLS_READ_BUFFER = 256 * 1024
 """The read buffer uvloop's TLS layer allocates per connection (its SSL_READ_MAX_SIZE)."""
 
 
-def _libc_function(name: str) -> Any:
-    """The C library's function ``name`` (a ctypes function), or None."""
+@functools.lru_cache(maxsize=1)
+def _libc() -> ctypes.CDLL | None:
+    """The C library, looked up once (find_library runs ``ldconfig -p``)."""
     library = ctypes.util.find_library("c")
     if library is None:
         return None
     try:
-        return getattr(ctypes.CDLL(library), name)
-    except (OSError, AttributeError):
+        return ctypes.CDLL(library)
+    except OSError:
         return None
+
+
+def _libc_function(name: str) -> Any:
+    """The C library's function ``name`` (a ctypes function), or None."""
+    return getattr(_libc(), name, None)
 
 
 def _load_malloc_trim() -> Callable[[int], int] | None:

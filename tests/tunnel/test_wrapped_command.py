@@ -9,16 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.processes import BIN, ProcessGroup, free_port
+from tests.support.processes import BIN, Proc, ProcessGroup, free_port
 from tests.support.tunnel import Pki
 
 TOKEN = {"BATCHTUNNEL_TOKEN": "tabc.def"}
 
 
-def _agent_in_python(code: str, *args: str) -> list[str]:
-    """``batchtunnel agent ARGS`` in a Python that first runs ``code`` (a spy or a fault)."""
+def _agent_in_python(procs: ProcessGroup, pki: Pki, code: str, command: str) -> Proc:
+    """``batchtunnel agent -- python -c COMMAND``, dialling a port nobody listens on, in a Python that
+    first runs ``code`` (a spy or a fault)."""
     main = "\nfrom batchtunnel.cli.main import main\nsys.exit(main(sys.argv[1:]))\n"
-    return [sys.executable, "-c", "import sys\n" + code + main, "agent", *args]
+    return procs.start("agent", [sys.executable, "-c", "import sys\n" + code + main, "agent",
+                                 "--url", f"wss://localhost:{free_port()}/agent", "--cafile", pki.ca,
+                                 "--", sys.executable, "-c", command], env=TOKEN)
 
 
 def test_the_command_starts_before_the_agent_loads_asyncio_tls_and_websockets(procs: ProcessGroup, pki: Pki) -> None:
@@ -31,9 +34,7 @@ def test_the_command_starts_before_the_agent_loads_asyncio_tls_and_websockets(pr
         "    return real_start(command, env)\n"
         "job.start = start\n"
     )
-    agent = procs.start("agent", _agent_in_python(
-        spy, "--url", f"wss://localhost:{free_port()}/agent", "--cafile", pki.ca,
-        "--", sys.executable, "-c", "print('the command ran')"), env=TOKEN)
+    agent = _agent_in_python(procs, pki, spy, "print('the command ran')")
     assert agent.wait(15) == 0, agent.log()
     log = agent.log()
     assert "loaded when the command started: []" in log
@@ -77,9 +78,7 @@ def test_an_agent_that_fails_stops_its_command(procs: ProcessGroup, pki: Pki) ->
         "    raise RuntimeError('a fault in the agent')\n"
         "Agent.run = broken\n"
     )
-    agent = procs.start("agent", _agent_in_python(
-        fault, "--url", f"wss://localhost:{free_port()}/agent", "--cafile", pki.ca,
-        "--", sys.executable, "-c", "import time; time.sleep(60)"), env=TOKEN)
+    agent = _agent_in_python(procs, pki, fault, "import time; time.sleep(60)")
     assert agent.wait(20) == 1, agent.log()
     log = agent.log()
     assert "the agent stopped before the command: a fault in the agent" in log
