@@ -40,6 +40,11 @@ if [ -n "${SETUP_JOBENV:-}" ]; then
             > .jobenv/share/jupyter/lab/settings/overrides.json
         echo "$jobwant" > .jobenv/.installed
     fi
+    # The editable install imports batchtunnel from this tree, whose __pycache__ the jobs' users cannot
+    # write: compile it here, as pip does for a regular install, or every job compiles what it imports
+    # (a cost a site's agent does not pay). Only stale files are rewritten.
+    .jobenv/bin/python -m compileall -q __init__.py agent broker certs cli client session spawner status wire \
+        >/dev/null
     chmod -R a+rX .jobenv
     # .jobenv-bare: a job environment with the notebook and no batchtunnel at all, for the one-file
     # agent (batchtunnel-agent.pyz) that the node's own Python runs.
