@@ -240,15 +240,44 @@ def clean_home(user: str) -> None:
     shutil.rmtree(Path(f"/home/{user}") / ".jupyter" / "lab" / "workspaces", ignore_errors=True)
 
 
+def pin_node(cpus: set[int] | None = None) -> None:
+    """slurmd's threads (and the jobs it starts from now on) on the last CPU; this process, and so the
+    hubs, broker, proxies, connect steps and browser it starts, on the others. With ``cpus``: slurmd
+    back on those (the cluster outlives the bench)."""
+    if cpus is not None:
+        for pid in subprocess.run(["pgrep", "-x", "slurmd"], capture_output=True, text=True).stdout.split():
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                os.sched_setaffinity(int(task.name), cpus)
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("--pin needs two CPUs at least")
+    node, hub_side = {cpus[-1]}, set(cpus[:-1])
+    pids = subprocess.run(["pgrep", "-x", "slurmd"], capture_output=True, text=True).stdout.split()
+    if not pids:
+        raise SystemExit("--pin: no slurmd running")
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            os.sched_setaffinity(int(task.name), node)
+    os.sched_setaffinity(0, hub_side)
+    print(f"pinned: slurmd {' '.join(pids)} on CPU {cpus[-1]}, the hub side on {sorted(hub_side)}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--write-docs", action="store_true")
+    parser.add_argument("--pin", action="store_true",
+                        help="the node (slurmd, so every job) on the last CPU, the hub side on the others: "
+                             "the job shares no core with the hub, broker, proxy and connect step")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root (the Slurm cluster, jobs as real users)")
     conf = cluster("up").strip().split("=", 1)[1]
     os.environ["SLURM_CONF"] = conf
+    all_cpus = os.sched_getaffinity(0)
+    if args.pin:
+        pin_node()
     workdir = Path(tempfile.mkdtemp(prefix="bt-start-"))
     procs = ProcessGroup(workdir)
     runs: dict[str, list[dict[str, float]]] = {"tunnel": [], "direct": []}
@@ -287,6 +316,8 @@ def main() -> None:
                         + f" ms; browser page load {loads[variant][-1] * 1000:.0f} ms", flush=True)
                     stop(hub, user)
     finally:
+        if args.pin:
+            pin_node(all_cpus)
         subprocess.run([str(CLUSTER), "firewall", "default"], capture_output=True)
         procs.stop_all()
         subprocess.run(["scancel", "--partition=debug"], capture_output=True)
