@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import os
 import signal
@@ -19,6 +20,12 @@ from collections.abc import Mapping
 log = logging.getLogger(__name__)
 
 OUTPUT_LINES = 20
+"""The last lines of a command's output that are kept (for the reason its end gives)."""
+LINE_LIMIT = 64 * 1024
+"""Bytes of one output line kept at most."""
+READ_SIZE = 64 * 1024
+OUTPUT_WAIT = 1.0
+"""Seconds an ended command's output may take to reach its end (exit_reason)."""
 
 
 class BackgroundCommand:
@@ -57,11 +64,34 @@ class BackgroundCommand:
         return adopted
 
     async def _read_output(self) -> None:
+        """Keep the last lines; read to the end, so the command never blocks on a full pipe. A line
+        over LINE_LIMIT is not kept (nor held in memory): a note stands in for it."""
         assert self._proc is not None and self._proc.stdout is not None
-        async for raw in self._proc.stdout:
-            line = raw.decode("utf-8", "replace").rstrip()
-            if line:
-                self.output.append(line)
+        stream = self._proc.stdout
+        pending = b""
+        dropping = False  # inside a line over the limit
+        while chunk := await stream.read(READ_SIZE):
+            lines = (pending + chunk).split(b"\n")
+            pending = lines.pop()
+            for raw in lines:
+                if dropping:  # the end of the line over the limit, already noted
+                    dropping = False
+                else:
+                    self._keep(raw)
+            if len(pending) > LINE_LIMIT:
+                if not dropping:
+                    self._keep(pending)  # noted as over the limit
+                dropping, pending = True, b""
+        if pending and not dropping:
+            self._keep(pending)
+
+    def _keep(self, raw: bytes) -> None:
+        if len(raw) > LINE_LIMIT:
+            self.output.append(f"[a line over {LINE_LIMIT // 1024} KiB, not kept]")
+            return
+        line = raw.decode("utf-8", "replace").rstrip()
+        if line:
+            self.output.append(line)
 
     @property
     def returncode(self) -> int | None:
@@ -85,6 +115,15 @@ class BackgroundCommand:
             how = "ended (it was started by an earlier hub process)"
         tail = "; ".join(list(self.output)[-3:])
         return f"{self.name} {how}" + (f": {tail}" if tail else "")
+
+    async def exit_reason(self, output_timeout: float = OUTPUT_WAIT) -> str:
+        """``describe_exit()`` once the ended command's output is read: its exit can be seen before
+        the last lines reach us. At most ``output_timeout`` seconds, since a process it left in the
+        background may hold its output open."""
+        if self._reader is not None and self.exited():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._reader), output_timeout)
+        return self.describe_exit()
 
     async def wait(self) -> int:
         assert self._proc is not None

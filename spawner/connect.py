@@ -273,7 +273,7 @@ class ConnectToJobMixin(_SpawnerBase):
         waited, why = await wait_ready(connect, local_port, self.connect_startup_check, taken)
         timing.mark(f"connect step {why} after {waited * 1000:.0f} ms")
         if connect.exited():
-            reason = connect.describe_exit()
+            reason = await connect.exit_reason()
             await connect.terminate(self.connect_stop_timeout)
             self._connect = None
             raise ConnectToJobError(f"Could not connect to the notebook: {reason}")
@@ -285,7 +285,7 @@ class ConnectToJobMixin(_SpawnerBase):
     async def poll(self) -> int | None:
         connect = self._watched_connect()
         if connect is not None and connect.exited():
-            reason = connect.describe_exit()
+            reason = await connect.exit_reason()
             stopped = (connect.returncode or 0) <= 0  # by a signal, or cleanly, or unknowable: not a failure
             self._connect = None
             self.connect_pid = 0  # seen: later polls must not adopt the dead PID and reword the reason
@@ -323,7 +323,7 @@ class ConnectToJobMixin(_SpawnerBase):
         await connect.start()
         await asyncio.sleep(self.connect_startup_check)
         if connect.exited():
-            again = connect.describe_exit()
+            again = await connect.exit_reason()
             await connect.terminate(self.connect_stop_timeout)
             return f"{reason}; started again, {again}"
         assert connect.pid is not None

@@ -26,6 +26,39 @@ async def test_exit_is_detected_with_status_and_output() -> None:
     assert cmd.describe_exit() == "forwarder exited with status 3: cannot bind port 8000"
 
 
+async def test_the_reason_waits_for_output_the_exit_outran() -> None:
+    # The shell exits at once; a line its background child writes later still reaches the reason.
+    cmd = BackgroundCommand("(sleep 0.3; echo address in use) & echo starting; exit 5", name="forwarder")
+    await cmd.start()
+    await _until(cmd.exited)
+    assert await cmd.exit_reason() == "forwarder exited with status 5: starting; address in use"
+    await cmd.terminate()
+
+
+async def test_the_reason_does_not_wait_for_output_a_background_child_holds_open() -> None:
+    cmd = BackgroundCommand("sleep 30 & echo starting; exit 5", name="forwarder")
+    await cmd.start()
+    await _until(cmd.exited)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    assert await cmd.exit_reason(output_timeout=0.5) == "forwarder exited with status 5: starting"
+    assert loop.time() - began < 5  # bounded by output_timeout, not by the sleep
+    await cmd.terminate()
+    assert not _group_alive(cmd.pid or 0)
+
+
+async def test_a_line_over_the_limit_is_dropped_and_reading_goes_on() -> None:
+    # asyncio's readline() refuses lines over 64 KiB. Reading must go on, or the command would block
+    # on a full pipe and its later lines would be lost; and the line is not held in memory.
+    for size in (70_000, 1_000_000):  # within one read of the pipe, and over several
+        cmd = BackgroundCommand(f"head -c {size} /dev/zero | tr '\\0' x; echo; echo bind failed; exit 2",
+                                name="forwarder")
+        await cmd.start()
+        await asyncio.wait_for(cmd.wait(), 10)
+        assert await cmd.exit_reason() == \
+            "forwarder exited with status 2: [a line over 64 KiB, not kept]; bind failed"
+
+
 async def test_terminate_kills_the_whole_group_including_grandchildren(tmp_path: Path) -> None:
     # The shell starts a background grandchild (like ssh -f or a forwarder that daemonizes).
     pidfile = tmp_path / "grandchild"
