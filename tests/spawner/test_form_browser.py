@@ -70,5 +70,10 @@ def test_a_profile_sets_the_fields_and_the_choice_reaches_the_script(procs: Proc
     for line in ("--partition=cpu", "--cpus-per-task=2", "--mem=3G", "--account=physics", "--qos=high"):
         assert f"#SBATCH {line}\n" in script, script
     assert "--reservation" not in script and "--gres" not in script
-    hub.api("DELETE", f"/hub/api/users/{USER}/server")
+    # JupyterHub refuses to stop a server whose spawn is still pending (500, "pending spawn"): the spawn
+    # goes on after the job runs, until the notebook answers.
+    events = hub.progress(USER)
+    assert events and events[-1].get("ready"), events
+    status, _ = hub.api("DELETE", f"/hub/api/users/{USER}/server")
+    assert status in (202, 204)
     wait_until(lambda: not hub.jobs_running(), 30, "the job to be cancelled")
