@@ -41,11 +41,31 @@ CONF
 
 api_up() { curl -sf --unix-socket "$SOCKET" http://d/_ping >/dev/null 2>&1; }
 
+# The service runs from $STATE: conmon, which it starts for every container, fails ("Failed to get
+# working directory", and the container "write child: broken pipe") once the service's working
+# directory is gone, as a test run's deleted checkout would be. One started elsewhere is replaced.
+service_ok() {
+    local pid
+    api_up && pid=$(cat "$STATE/podman-service.pid" 2>/dev/null) && [ "$(readlink "/proc/$pid/cwd")" = "$STATE" ]
+}
+
+stop_api() {
+    if [ -f "$STATE/podman-service.pid" ]; then
+        kill "$(cat "$STATE/podman-service.pid")" 2>/dev/null || true
+        rm -f "$STATE/podman-service.pid"
+    fi
+}
+
 start_api() {
-    if ! api_up; then
+    if ! service_ok; then
+        if api_up; then
+            log "restarting podman's API service (its working directory is not $STATE)"
+            stop_api
+            for _ in $(seq 100); do api_up || break; sleep 0.1; done
+        fi
         rm -f "$SOCKET"
-        CONTAINERS_CONF=$CONF setsid podman system service --time=0 "unix://$SOCKET" \
-            >> "$STATE/podman-service.log" 2>&1 < /dev/null & echo $! > "$STATE/podman-service.pid"
+        (cd "$STATE" && CONTAINERS_CONF=$CONF exec setsid podman system service --time=0 "unix://$SOCKET" \
+            >> "$STATE/podman-service.log" 2>&1 < /dev/null) & echo $! > "$STATE/podman-service.pid"
         for _ in $(seq 100); do api_up && break; sleep 0.1; done
         api_up || { log "podman's API socket did not come up; see $STATE/podman-service.log"; exit 1; }
     fi
@@ -76,10 +96,7 @@ up)
     echo "DOCKER_HOST=unix://$SOCKET; export DOCKER_HOST; CONTAINERS_CONF=$CONF; export CONTAINERS_CONF"
     ;;
 down)
-    if [ -f "$STATE/podman-service.pid" ]; then
-        kill "$(cat "$STATE/podman-service.pid")" 2>/dev/null || true
-        rm -f "$STATE/podman-service.pid"
-    fi
+    stop_api
     ;;
 *)
     echo "usage: $0 up|down" >&2; exit 2 ;;
