@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import tempfile
 import time
@@ -34,7 +33,7 @@ from pathlib import Path
 
 from tests.support.processes import ProcessGroup
 
-from .harness import MIB, PY, ROOT, run_line, start_target
+from .harness import MIB, PY, ROOT, range_cell, run_line, start_target
 from .run import PathUnderTest, Sizes, measure, setup_batchtunnel, setup_ssh
 
 
@@ -134,9 +133,6 @@ COLUMNS = [
 
 
 def table(results: dict[str, dict[str, list[float]]], rounds: int, variants: list[Variant]) -> str:
-    def cell(values: list[float], fmt: str) -> str:
-        return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
-
     specs = "; ".join(
         f"{v.name}: " + (", ".join(filter(None, [
             v.ref and f"ref {v.ref}", v.codec and f"codec {v.codec}",
@@ -146,14 +142,14 @@ def table(results: dict[str, dict[str, list[float]]], rounds: int, variants: lis
     lines = [run_line(f"{rounds} interleaved rounds, median (min-max). {specs}."), "",
              "| variant | " + " | ".join(h for h, _, _ in COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
     for name, rec in results.items():
-        lines.append(f"| {name} | " + " | ".join(cell(rec[k], f) for _, k, f in COLUMNS) + " |")
+        lines.append(f"| {name} | " + " | ".join(range_cell(rec[k], f) for _, k, f in COLUMNS) + " |")
     first, *others = results
     if others:
         lines += ["", f"Paired, round by round: {first} / variant, median (min-max) of the ratios.", "",
                   "| variant | " + " | ".join(h for h, _, _ in COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
         for name in others:
             ratios = [[a / b for a, b in zip(results[first][k], results[name][k], strict=True)] for _, k, _ in COLUMNS]
-            lines.append(f"| {first} / {name} | " + " | ".join(cell(r, ".2f") for r in ratios) + " |")
+            lines.append(f"| {first} / {name} | " + " | ".join(range_cell(r, ".2f") for r in ratios) + " |")
     return "\n".join(lines)
 
 

@@ -130,10 +130,14 @@ def repeat(rounds: int, measure: Callable[[], dict[str, float]], label: str) -> 
     return runs
 
 
+def range_cell(values: list[float], fmt: str) -> str:
+    """``median (min-max)`` of ``values``, each formatted with ``fmt``."""
+    return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
+
+
 def median_cell(runs: list[dict[str, float]], key: str, fmt: str) -> str:
     """``median (min-max)`` of one figure over the runs."""
-    values = [r[key] for r in runs]
-    return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
+    return range_cell([r[key] for r in runs], fmt)
 
 
 def results_table(runs: list[dict[str, float]], what: str, columns: list[tuple[str, str, str]]) -> str:

@@ -240,27 +240,26 @@ def clean_home(user: str) -> None:
     shutil.rmtree(Path(f"/home/{user}") / ".jupyter" / "lab" / "workspaces", ignore_errors=True)
 
 
-def pin_node(cpus: set[int] | None = None) -> None:
-    """slurmd's threads (and the jobs it starts from now on) on the last CPU; this process, and so the
-    hubs, broker, proxies, connect steps and browser it starts, on the others. With ``cpus``: slurmd
-    back on those (the cluster outlives the bench)."""
-    if cpus is not None:
-        for pid in subprocess.run(["pgrep", "-x", "slurmd"], capture_output=True, text=True).stdout.split():
-            for task in Path(f"/proc/{pid}/task").iterdir():
-                os.sched_setaffinity(int(task.name), cpus)
-        return
+def pin_slurmd(cpus: set[int]) -> list[str]:
+    """Every thread of slurmd on ``cpus`` (and the jobs it starts from now on); slurmd's pids."""
+    pids = subprocess.run(["pgrep", "-x", "slurmd"], capture_output=True, text=True).stdout.split()
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            os.sched_setaffinity(int(task.name), cpus)
+    return pids
+
+
+def pin_node() -> None:
+    """slurmd on the last CPU; this process, and so the hubs, broker, proxies, connect steps and
+    browser it starts, on the others."""
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         raise SystemExit("--pin needs two CPUs at least")
-    node, hub_side = {cpus[-1]}, set(cpus[:-1])
-    pids = subprocess.run(["pgrep", "-x", "slurmd"], capture_output=True, text=True).stdout.split()
+    pids = pin_slurmd({cpus[-1]})
     if not pids:
         raise SystemExit("--pin: no slurmd running")
-    for pid in pids:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            os.sched_setaffinity(int(task.name), node)
-    os.sched_setaffinity(0, hub_side)
-    print(f"pinned: slurmd {' '.join(pids)} on CPU {cpus[-1]}, the hub side on {sorted(hub_side)}", flush=True)
+    os.sched_setaffinity(0, set(cpus[:-1]))
+    print(f"pinned: slurmd {' '.join(pids)} on CPU {cpus[-1]}, the hub side on {cpus[:-1]}", flush=True)
 
 
 def main() -> None:
@@ -317,7 +316,7 @@ def main() -> None:
                     stop(hub, user)
     finally:
         if args.pin:
-            pin_node(all_cpus)
+            pin_slurmd(all_cpus)  # the cluster outlives the bench
         subprocess.run([str(CLUSTER), "firewall", "default"], capture_output=True)
         procs.stop_all()
         subprocess.run(["scancel", "--partition=debug"], capture_output=True)

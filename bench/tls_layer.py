@@ -25,17 +25,17 @@ import asyncio
 import gc
 import json
 import multiprocessing
+import os
 import resource
 import socket
 import ssl
-import statistics
 import subprocess
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .harness import GIB, PY, ROOT, make_pki, run_line, write_docs
+from .harness import GIB, PY, ROOT, make_pki, range_cell, run_line, status_kib, write_docs
 
 CHUNK = 256 * 1024
 ROUND_TRIPS = 20_000
@@ -55,10 +55,7 @@ def cpu_seconds() -> float:
 
 
 def rss_kib() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+    return status_kib(os.getpid(), "VmRSS")
 
 
 # -- the client side: a blocking SSLSocket in its own process
@@ -358,10 +355,6 @@ def child(variant: str, pki: str, test: str) -> None:
     print(json.dumps(result))
 
 
-def cell(values: list[float], fmt: str) -> str:
-    return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
@@ -389,8 +382,8 @@ def main() -> None:
              "|---|---|---|---|---|"]
     for variant in VARIANTS:
         rec = results[variant]
-        lines.append(f"| {variant} | {cell(rec['receive'], '.3f')} | {cell(rec['send'], '.3f')} | "
-                     f"{cell(rec['round_trip'], '.1f')} | {cell(rec['idle'], '.1f')} |")
+        lines.append(f"| {variant} | {range_cell(rec['receive'], '.3f')} | {range_cell(rec['send'], '.3f')} | "
+                     f"{range_cell(rec['round_trip'], '.1f')} | {range_cell(rec['idle'], '.1f')} |")
     table = "\n".join(lines)
     print(table)
     if args.write_docs:
