@@ -16,11 +16,26 @@ from typing import Any
 BIN = Path(sys.executable).parent
 
 
+# Ports for the servers tests start, below Linux's ephemeral range (32768-60999 by default): a port the
+# kernel hands out for port 0 may be taken by any outgoing connection between our check and the server's
+# bind (CI once saw the broker fail so). Ports here are handed out in turn, so two calls never collide.
+_PORTS = range(20000, 32768)
+_next_port = os.getpid() % len(_PORTS)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A loopback TCP port nothing listens on now, outside the ephemeral range; each call a new one."""
+    global _next_port
+    for _ in range(len(_PORTS)):
+        port = _PORTS[_next_port]
+        _next_port = (_next_port + 1) % len(_PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {_PORTS}")
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:

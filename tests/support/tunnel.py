@@ -83,7 +83,10 @@ class BrokerProcess:
              "--database", self.database, *self.extra],
             env={"BATCHTUNNEL_ADMIN_TOKEN": ADMIN_TOKEN},
         )
-        wait_until(self.healthy, 15, "the broker to answer /health")
+        proc = self.proc
+        wait_until(lambda: not proc.alive() or self.healthy(), 15, "the broker to answer /health")
+        if not proc.alive():
+            raise AssertionError(f"the broker exited with status {proc.popen.returncode}:\n{proc.log()[-2000:]}")
 
     def healthy(self) -> bool:
         with urllib.request.urlopen(self.api_url + "/health", timeout=1) as resp:
