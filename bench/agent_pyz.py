@@ -16,24 +16,20 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from batchtunnel.client import BrokerClient
-
-from tests.support.processes import ProcessGroup, free_port
+from tests.support.processes import ProcessGroup
 from tests.support.python39 import build_pyz, python39
 
 from .harness import (
-    ADMIN_TOKEN,
     MB,
     MIB,
     agent_argv,
-    broker_argv,
     download,
     make_pki,
     repeat,
     results_table,
+    start_broker,
     start_target,
     wait_agent,
-    wait_port,
     write_docs,
 )
 
@@ -44,14 +40,12 @@ def one_round(size: int, work: Path, pyz: Path, pyz39: Path, interpreter39: str)
     procs = ProcessGroup(work)
     try:
         pki = make_pki(work / "pki") if not (work / "pki").exists() else work / "pki"
-        agent_port, api_port = free_port(), free_port()
-        procs.start("broker", broker_argv(pki, agent_port, api_port), env={"BATCHTUNNEL_ADMIN_TOKEN": ADMIN_TOKEN})
-        wait_port(api_port)
-        client = BrokerClient(f"http://127.0.0.1:{api_port}", ADMIN_TOKEN)
+        broker = start_broker(procs, pki)
+        client = broker.client
         target = start_target(procs)
         figures = {}
         for name in AGENTS:
-            argv = agent_argv(pki, agent_port)
+            argv = agent_argv(pki, broker.agent_port)
             if name == "pyz":
                 argv = ["/usr/bin/python3", str(pyz), *argv[2:]]
             elif name == "pyz39":

@@ -24,21 +24,19 @@ from pathlib import Path
 import psutil
 from batchtunnel.client import BrokerClient
 
-from tests.support.processes import ProcessGroup, free_port, wait_until
+from tests.support.processes import ProcessGroup, wait_until
 
 from .harness import (
-    ADMIN_TOKEN,
     GIB,
     MB,
     MIB,
-    broker_argv,
     make_pki,
     request,
     run_line,
+    start_broker,
     start_idle_agents,
     start_target,
     status_kib,
-    wait_port,
     write_docs,
 )
 
@@ -48,13 +46,8 @@ SETTLE = 6.0  # seconds after the last agent connected: past one heartbeat inter
 
 
 def broker(procs: ProcessGroup, workdir: Path, name: str) -> tuple[psutil.Process, BrokerClient, str, str]:
-    pki = make_pki(workdir / f"pki-{name}")
-    agent_port, api_port = free_port(), free_port()
-    proc = procs.start(f"broker-{name}", broker_argv(pki, agent_port, api_port),
-                       env={"BATCHTUNNEL_ADMIN_TOKEN": ADMIN_TOKEN})
-    wait_port(api_port)
-    client = BrokerClient(f"http://127.0.0.1:{api_port}", ADMIN_TOKEN)
-    return psutil.Process(proc.pid), client, f"wss://localhost:{agent_port}/agent", str(pki / "ca.pem")
+    started = start_broker(procs, make_pki(workdir / f"pki-{name}"), name=f"broker-{name}")
+    return psutil.Process(started.proc.pid), started.client, started.url, started.ca
 
 
 def connected(client: BrokerClient) -> int:

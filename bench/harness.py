@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from batchtunnel.client import BrokerClient
@@ -83,10 +84,61 @@ def make_pki(directory: Path) -> Path:
     return directory
 
 
-def broker_argv(pki: Path, agent_port: int, api_port: int, *extra: str, database: str = ":memory:") -> list[str]:
-    """``batchtunnel broker`` on loopback with the certificate of ``make_pki`` (start it with ADMIN_TOKEN)."""
-    return [BT, "broker", "--listen", f"127.0.0.1:{agent_port}", "--api-listen", f"127.0.0.1:{api_port}",
+@dataclass
+class Broker:
+    """A broker ``start_broker`` started, with what the benchmarks ask of it."""
+
+    proc: Proc
+    client: BrokerClient
+    pki: Path
+    agent_port: int
+    api_port: int
+    argv: list[str]
+    env: dict[str, str]
+
+    @property
+    def url(self) -> str:
+        """Where agents dial it."""
+        return f"wss://localhost:{self.agent_port}/agent"
+
+    @property
+    def ca(self) -> str:
+        return str(self.pki / "ca.pem")
+
+
+def start_broker(procs: ProcessGroup, pki: Path, *extra: str, name: str = "broker", database: str = ":memory:",
+                 wrap: Callable[[list[str]], list[str]] | None = None, env: dict[str, str] | None = None,
+                 timeout: float = 20) -> Broker:
+    """``batchtunnel broker`` on two free loopback ports with the certificate of ``make_pki(pki)`` and ``extra``,
+    once its API answers. ``wrap`` rewrites the command (another version, callgrind); ``env`` is added to
+    its environment (ADMIN_TOKEN is always set)."""
+    agent_port, api_port = free_port(), free_port()
+    argv = [BT, "broker", "--listen", f"127.0.0.1:{agent_port}", "--api-listen", f"127.0.0.1:{api_port}",
             "--cert", str(pki / "broker.pem"), "--key", str(pki / "broker-key.pem"), "--database", database, *extra]
+    if wrap is not None:
+        argv = wrap(argv)
+    full_env = {"BATCHTUNNEL_ADMIN_TOKEN": ADMIN_TOKEN, **(env or {})}
+    proc = procs.start(name, argv, env=full_env, cwd=ROOT)
+    broker = Broker(proc, BrokerClient(f"http://127.0.0.1:{api_port}", ADMIN_TOKEN), pki, agent_port, api_port,
+                    argv, full_env)
+    wait_broker(broker, timeout)
+    return broker
+
+
+def restart_broker(procs: ProcessGroup, broker: Broker, name: str, timeout: float = 20) -> Broker:
+    """The same command again (same ports and database) as a new process ``name``, once its API answers."""
+    restarted = replace(broker, proc=procs.start(name, broker.argv, env=broker.env, cwd=ROOT))
+    wait_broker(restarted, timeout)
+    return restarted
+
+
+def wait_broker(broker: Broker, timeout: float) -> None:
+    """Until the broker's API port is open; at once, with its log, if it exited (a port taken meanwhile)."""
+    proc = broker.proc
+    wait_until(lambda: not proc.alive() or port_open(broker.api_port), timeout,
+               f"the broker's API on port {broker.api_port}")
+    if not proc.alive():
+        raise RuntimeError(f"the broker exited with status {proc.popen.returncode}:\n{proc.log()[-2000:]}")
 
 
 def agent_argv(pki: Path, port: int, *extra: str) -> list[str]:

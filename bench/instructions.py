@@ -30,24 +30,20 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from batchtunnel.client import BrokerClient
-
-from tests.support.processes import ProcessGroup, free_port, wait_until
+from tests.support.processes import ProcessGroup, wait_until
 
 from .harness import (
-    ADMIN_TOKEN,
     GIB,
     MIB,
     PY,
     ROOT,
     agent_argv,
-    broker_argv,
     download,
     make_pki,
     run_line,
+    start_broker,
     start_target,
     wait_agent,
-    wait_port,
     write_docs,
 )
 from .run import AES128, round_trips, ssh_forward, start_sshd
@@ -106,19 +102,16 @@ def main() -> None:
             paths.append((f"{name}: ssh", local, [pid]))
         # batchtunnel, shipped defaults
         pki = make_pki(workdir / "pki")
-        agent_port, api_port = free_port(), free_port()
-        argv = broker_argv(pki, agent_port, api_port, "--log-level", "WARNING")
-        broker = procs.start("broker", [*callgrind(out, "broker"), PY, *argv],  # PY runs the script
-                             env={"BATCHTUNNEL_ADMIN_TOKEN": ADMIN_TOKEN}, cwd=ROOT)
-        wait_port(api_port, timeout=300)
-        client = BrokerClient(f"http://127.0.0.1:{api_port}", ADMIN_TOKEN)
+        broker = start_broker(procs, pki, "--log-level", "WARNING", timeout=300,
+                              wrap=lambda argv: [*callgrind(out, "broker"), PY, *argv])  # PY runs the script
+        client = broker.client
         tunnel = client.create_tunnel("instructions")
-        agent = procs.start("agent", [*callgrind(out, "agent"), PY, *agent_argv(pki, agent_port, "--log-level",
+        agent = procs.start("agent", [*callgrind(out, "agent"), PY, *agent_argv(pki, broker.agent_port, "--log-level",
                             "WARNING")], env={"BATCHTUNNEL_TOKEN": tunnel["token"]}, cwd=ROOT)
         wait_agent(client, tunnel["id"], timeout=300)
         port = client.expose(tunnel["id"], 0, target)["port"]
         wait_until(lambda: download(port, 1) is not None, 60, "the tunnel to carry a first byte")
-        paths += [("batchtunnel, TLS (defaults): broker", port, [broker.pid]),
+        paths += [("batchtunnel, TLS (defaults): broker", port, [broker.proc.pid]),
                   ("batchtunnel, TLS (defaults): agent", port, [agent.pid])]
         for name, port, pids in paths:
             download(port, MIB)  # windows grown, buffers allocated: the steady state is what is counted

@@ -22,23 +22,19 @@ import tempfile
 import threading
 from pathlib import Path
 
-from batchtunnel.client import BrokerClient
-
-from tests.support.processes import ProcessGroup, free_port
+from tests.support.processes import ProcessGroup
 
 from .harness import (
-    ADMIN_TOKEN,
     MB,
     MIB,
     agent_argv,
-    broker_argv,
     download,
     make_pki,
     repeat,
     results_table,
+    start_broker,
     start_target,
     wait_agent,
-    wait_port,
     write_docs,
 )
 
@@ -119,11 +115,9 @@ def one_round(size: int, interval: float) -> dict[str, float]:
     try:
         pki = make_pki(workdir / "pki")
         target = start_target(procs)
-        agent_port, api_port = free_port(), free_port()
-        procs.start("broker", broker_argv(pki, agent_port, api_port), env={"BATCHTUNNEL_ADMIN_TOKEN": ADMIN_TOKEN})
-        wait_port(api_port)
-        relay = Relay(agent_port)
-        client = BrokerClient(f"http://127.0.0.1:{api_port}", ADMIN_TOKEN)
+        broker = start_broker(procs, pki)
+        relay = Relay(broker.agent_port)
+        client = broker.client
         tunnel = client.create_tunnel("resume")
         procs.start("agent", agent_argv(pki, relay.port), env={"BATCHTUNNEL_TOKEN": tunnel["token"]})
         wait_agent(client, tunnel["id"])

@@ -31,16 +31,15 @@ from batchtunnel.client import BrokerClient
 from tests.support.processes import ProcessGroup, free_port
 
 from .harness import (
-    ADMIN_TOKEN,
     GIB,
     MB,
     MIB,
     ROOT,
     agent_argv,
-    broker_argv,
     download,
     make_pki,
     request,
+    start_broker,
     start_idle_agents,
     start_target,
     status_kib,
@@ -220,29 +219,25 @@ def setup_batchtunnel(procs: ProcessGroup, workdir: Path, target: int, loop: str
     tag = label or f"{loop}-{agent_loop}"
     slug = "".join(c if c.isalnum() else "-" for c in tag)
     pki = make_pki(workdir / f"pki-{slug}")
-    agent_port, api_port = free_port(), free_port()
 
     def command(argv: list[str]) -> list[str]:
         return argv if launcher is None else [*launcher, *argv[1:]]
 
-    broker = procs.start(f"broker-{slug}", command(broker_argv(
-        pki, agent_port, api_port, "--event-loop", loop, "--log-level", "WARNING")),
-        env={"BATCHTUNNEL_ADMIN_TOKEN": ADMIN_TOKEN, **(env or {})}, cwd=ROOT)
-    wait_port(api_port)
-    client = BrokerClient(f"http://127.0.0.1:{api_port}", ADMIN_TOKEN)
+    broker = start_broker(procs, pki, "--event-loop", loop, "--log-level", "WARNING", name=f"broker-{slug}",
+                          wrap=command, env=env)
+    client = broker.client
     tunnel = client.create_tunnel("bench")
     agent = procs.start(f"agent-{slug}", command(agent_argv(
-        pki, agent_port, "--event-loop", agent_loop, "--log-level", "WARNING")),
+        pki, broker.agent_port, "--event-loop", agent_loop, "--log-level", "WARNING")),
         env={"BATCHTUNNEL_TOKEN": tunnel["token"], **(env or {})}, cwd=ROOT)
     wait_agent(client, tunnel["id"])
     port = client.expose(tunnel["id"], 0, target)["port"]
-    info = {"client": client, "broker_pid": broker.pid, "agent_url": f"wss://localhost:{agent_port}/agent",
-            "ca": str(pki / "ca.pem")}
+    info = {"client": client, "broker_pid": broker.proc.pid, "agent_url": broker.url, "ca": broker.ca}
     if label is None:
         label = "defaults: broker uvloop, agent asyncio" if (loop, agent_loop) == ("uvloop", "asyncio") else \
             f"broker {loop}, agent {agent_loop}"
         label = f"batchtunnel, TLS ({label})"
-    return PathUnderTest(label, port, [broker.pid, agent.pid]), info
+    return PathUnderTest(label, port, [broker.proc.pid, agent.pid]), info
 
 
 def idle_agents(procs: ProcessGroup, info: dict[str, object], count: int) -> dict[str, float]:

@@ -50,22 +50,20 @@ from batchtunnel.wire.resume import ResumeEntry, encode_resume
 
 from tests.security.hostile import HostileAgent, Refused, reset_code
 from tests.support.frames import Frame, data_frame, frame, open_frame, ping_frame
-from tests.support.processes import Proc, ProcessGroup, free_port, wait_until
+from tests.support.processes import Proc, ProcessGroup, wait_until
 
 from .harness import (
-    ADMIN_TOKEN,
     MB,
     MIB,
     PY,
     ROOT,
-    broker_argv,
     download,
     make_pki,
     run_line,
+    start_broker,
     start_idle_agents,
     start_target,
     status_kib,
-    wait_port,
     write_docs,
 )
 from .storm import metrics
@@ -580,13 +578,9 @@ class Soak:
         pki = make_pki(self.workdir / "pki")
         self.ca = str(pki / "ca.pem")
         target = start_target(self.procs)
-        self.agent_port, self.api_port = free_port(), free_port()
-        self.url = f"wss://localhost:{self.agent_port}/agent"
-        self.broker = self.procs.start("broker", broker_argv(pki, self.agent_port, self.api_port, "--resume-grace",
-                                                              str(RESUME_GRACE)),
-                                       env={"BATCHTUNNEL_ADMIN_TOKEN": ADMIN_TOKEN})
-        wait_port(self.api_port)
-        self.client = BrokerClient(f"http://127.0.0.1:{self.api_port}", ADMIN_TOKEN)
+        started = start_broker(self.procs, pki, "--resume-grace", str(RESUME_GRACE))
+        self.broker, self.client, self.url = started.proc, started.client, started.url
+        self.agent_port, self.api_port = started.agent_port, started.api_port
         tunnels = [self.client.create_tunnel(f"healthy{i}") for i in range(self.args.agents)]
         self.healthy_ids = [t["id"] for t in tunnels]
         ports = [self.client.expose(t["id"], 0, target)["port"] for t in tunnels]

@@ -25,17 +25,16 @@ from pathlib import Path
 
 from batchtunnel.client import BrokerClient
 
-from tests.support.processes import ProcessGroup, free_port, reset_connections
+from tests.support.processes import ProcessGroup, reset_connections
 
 from .harness import (
-    ADMIN_TOKEN,
-    broker_argv,
     make_pki,
     repeat,
+    restart_broker,
     results_table,
+    start_broker,
     start_idle_agents,
     status_kib,
-    wait_port,
     write_docs,
 )
 
@@ -52,24 +51,19 @@ def storm(agents: int) -> dict[str, float]:
     procs = ProcessGroup(workdir)
     try:
         pki = make_pki(workdir / "pki")
-        agent_port, api_port = free_port(), free_port()
-        argv = broker_argv(pki, agent_port, api_port, "--log-level", "WARNING",
-                           database=str(workdir / "broker.sqlite"))
-        env = {"BATCHTUNNEL_ADMIN_TOKEN": ADMIN_TOKEN}
-        broker = procs.start("broker-1", argv, env=env)
-        wait_port(api_port)
-        client = BrokerClient(f"http://127.0.0.1:{api_port}", ADMIN_TOKEN)
+        broker = start_broker(procs, pki, "--log-level", "WARNING", name="broker-1",
+                              database=str(workdir / "broker.sqlite"))
+        client = broker.client
         tokens = [client.create_tunnel(f"storm{i}")["token"] for i in range(agents)]
-        start_idle_agents(procs, f"wss://localhost:{agent_port}/agent", str(pki / "ca.pem"), tokens, shipped=True)
+        start_idle_agents(procs, broker.url, broker.ca, tokens, shipped=True)
         wait_for(lambda: metrics(client)["batchtunnel_agents_connected"] == agents, 120, "the agents to connect")
 
-        broker.kill9()
+        broker.proc.kill9()
         restart = time.time()
-        broker = procs.start("broker-2", argv, env=env)
-        wait_port(api_port)
+        broker = restart_broker(procs, broker, "broker-2")
         peak_fds = 0
         while True:
-            peak_fds = max(peak_fds, len(os.listdir(f"/proc/{broker.pid}/fd")))
+            peak_fds = max(peak_fds, len(os.listdir(f"/proc/{broker.proc.pid}/fd")))
             m = metrics(client)
             if m["batchtunnel_agents_connected"] == agents:
                 break
@@ -79,10 +73,10 @@ def storm(agents: int) -> dict[str, float]:
         all_back = time.time() - restart
         delays = sorted(t["agent"]["connected_since"] - restart for t in client.tunnels())
         m = metrics(client)
-        peak_rss = status_kib(broker.pid, "VmHWM") / 1024
+        peak_rss = status_kib(broker.proc.pid, "VmHWM") / 1024
 
         reset = time.time()
-        reset_connections("127.0.0.1", agent_port)
+        reset_connections("127.0.0.1", broker.agent_port)
         wait_for(lambda: metrics(client)["batchtunnel_resumes_total"] >= agents, 300, "every session to resume")
         all_resumed = time.time() - reset
         if metrics(client)["batchtunnel_agents_connected"] != agents:
@@ -95,7 +89,7 @@ def storm(agents: int) -> dict[str, float]:
             "max_s": delays[-1],
             "peak_rss_mib": peak_rss,
             "all_resumed_s": all_resumed,
-            "peak_rss_after_resume_mib": status_kib(broker.pid, "VmHWM") / 1024,
+            "peak_rss_after_resume_mib": status_kib(broker.proc.pid, "VmHWM") / 1024,
             "peak_fds": peak_fds,
             "refused_crowd": m['batchtunnel_refused_total{cause="crowd"}'],
             "refused_blocked": m['batchtunnel_refused_total{cause="blocked"}'],
