@@ -134,11 +134,7 @@ def restart_broker(procs: ProcessGroup, broker: Broker, name: str, timeout: floa
 
 def wait_broker(broker: Broker, timeout: float) -> None:
     """Until the broker's API port is open; at once, with its log, if it exited (a port taken meanwhile)."""
-    proc = broker.proc
-    wait_until(lambda: not proc.alive() or port_open(broker.api_port), timeout,
-               f"the broker's API on port {broker.api_port}")
-    if not proc.alive():
-        raise RuntimeError(f"the broker exited with status {proc.popen.returncode}:\n{proc.log()[-2000:]}")
+    broker.proc.wait_ready(lambda: port_open(broker.api_port), timeout, f"the broker's API on port {broker.api_port}")
 
 
 def agent_argv(pki: Path, port: int, *extra: str) -> list[str]:

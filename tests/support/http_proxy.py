@@ -41,7 +41,7 @@ class HttpProxy:
     def start(self) -> None:
         self.starts += 1
         self.proc = self.procs.start(f"tinyproxy-{self.starts}", [TINYPROXY, "-d", "-c", str(self.config)])
-        wait_until(lambda: port_open(self.port, self.host), 10, "tinyproxy to listen")
+        self.proc.wait_ready(lambda: port_open(self.port, self.host), 10, "tinyproxy to listen")
 
     def stop(self) -> None:
         assert self.proc is not None

@@ -174,18 +174,18 @@ class Hub(HubClient):
         procs.cleanups.append(self.kill_jobs)  # jobs run in their own sessions: not in procs' groups
         if external_proxy:
             hub_url = f"http://{hub_ip}:{self.api_port}"
-            procs.start("proxy", [str(CHP), "--ip", "127.0.0.1", "--port", str(self.port), "--api-ip", "127.0.0.1",
-                                  "--api-port", str(self.proxy_api_port), "--default-target", hub_url,
-                                  "--error-target", f"{hub_url}/hub/error"],
-                        env={"CONFIGPROXY_AUTH_TOKEN": self.proxy_token})
-            wait_until(lambda: port_open(self.proxy_api_port), 30, "the proxy's API")
+            proxy = procs.start("proxy", [str(CHP), "--ip", "127.0.0.1", "--port", str(self.port),
+                                          "--api-ip", "127.0.0.1", "--api-port", str(self.proxy_api_port),
+                                          "--default-target", hub_url, "--error-target", f"{hub_url}/hub/error"],
+                                env={"CONFIGPROXY_AUTH_TOKEN": self.proxy_token})
+            proxy.wait_ready(lambda: port_open(self.proxy_api_port), 30, "the proxy's API")
         self.start()
 
     def start(self) -> None:
         self.starts += 1
         self.proc = self.procs.start(f"jupyterhub-{self.starts}", [str(BIN / "jupyterhub"), "-f", str(self.config)],
                                      env=self.env, cwd=self.workdir)
-        wait_until(lambda: self.api("GET", "/hub/api/")[0] == 200, 60, "JupyterHub's API")
+        self.proc.wait_ready(lambda: self.api("GET", "/hub/api/")[0] == 200, 60, "JupyterHub's API")
 
     def stop_like_systemd(self, timeout: float = 10.0) -> list[str]:
         """What ``systemctl stop`` does with the default ``KillMode=control-group``: SIGTERM to the hub

@@ -122,6 +122,14 @@ class Proc:
     def wait(self, timeout: float) -> int:
         return self.popen.wait(timeout)
 
+    def wait_ready(self, ready: Callable[[], Any], timeout: float, what: str) -> None:
+        """``wait_until(ready)``, failing at once, with the end of the log, if the process exits first (a
+        server whose port was taken meanwhile, a bad option)."""
+        wait_until(lambda: not self.alive() or ready(), timeout, what)
+        if not self.alive():
+            raise AssertionError(f"{self.name} exited with status {self.popen.returncode} while waiting for "
+                                 f"{what}:\n{self.log()[-2000:]}")
+
     def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM the whole group, then SIGKILL what is left."""
         if self.alive():

@@ -83,10 +83,7 @@ class BrokerProcess:
              "--database", self.database, *self.extra],
             env={"BATCHTUNNEL_ADMIN_TOKEN": ADMIN_TOKEN},
         )
-        proc = self.proc
-        wait_until(lambda: not proc.alive() or self.healthy(), 15, "the broker to answer /health")
-        if not proc.alive():
-            raise AssertionError(f"the broker exited with status {proc.popen.returncode}:\n{proc.log()[-2000:]}")
+        self.proc.wait_ready(self.healthy, 15, "the broker to answer /health")
 
     def healthy(self) -> bool:
         with urllib.request.urlopen(self.api_url + "/health", timeout=1) as resp:
@@ -134,5 +131,5 @@ def target_server(procs: ProcessGroup, name: str = "target") -> tuple[Proc, int]
                        cwd=Path(__file__).resolve().parents[2])
     from .processes import port_open
 
-    wait_until(lambda: port_open(port), 10, "the target server to listen")
+    proc.wait_ready(lambda: port_open(port), 10, "the target server to listen")
     return proc, port

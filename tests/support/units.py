@@ -21,7 +21,7 @@ from pathlib import Path
 from batchtunnel.client import BrokerClient
 
 from .hub import CHP, ROOT
-from .processes import BIN, ProcessGroup, wait_until
+from .processes import BIN, ProcessGroup
 
 UNITS = ROOT / "contrib" / "systemd"
 JOBENV = ROOT / ".jobenv" / "bin"
@@ -124,6 +124,5 @@ class BrokerUnit:
                 return False
             return True
 
-        wait_until(lambda: answers() or not proc.alive(), 30, "the broker's API on its unix socket")
-        assert proc.alive(), proc.log()
+        proc.wait_ready(answers, 30, "the broker's API on its unix socket")
         return proc.pid
