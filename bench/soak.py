@@ -575,27 +575,24 @@ class Soak:
         return self.healthy.bytes_in(self.phases.index(phase)) / (phase.end - phase.start) / MB
 
     def setup(self) -> None:
-        pki = make_pki(self.workdir / "pki")
-        self.ca = str(pki / "ca.pem")
         target = start_target(self.procs)
-        started = start_broker(self.procs, pki, "--resume-grace", str(RESUME_GRACE))
-        self.broker, self.client, self.url = started.proc, started.client, started.url
-        self.agent_port, self.api_port = started.agent_port, started.api_port
+        started = start_broker(self.procs, make_pki(self.workdir / "pki"), "--resume-grace", str(RESUME_GRACE))
+        self.broker, self.client = started.proc, started.client
         tunnels = [self.client.create_tunnel(f"healthy{i}") for i in range(self.args.agents)]
         self.healthy_ids = [t["id"] for t in tunnels]
         ports = [self.client.expose(t["id"], 0, target)["port"] for t in tunnels]
         tokens = [t["token"] for t in tunnels]
         for g, first in enumerate(range(0, len(tokens), AGENTS_PER_PROCESS)):
-            start_idle_agents(self.procs, self.url, self.ca, tokens[first:first + AGENTS_PER_PROCESS], shipped=True,
-                              name=f"agents-{g}")
+            start_idle_agents(self.procs, started.url, started.ca, tokens[first:first + AGENTS_PER_PROCESS],
+                              shipped=True, name=f"agents-{g}")
         wait_until(lambda: metrics(self.client)["batchtunnel_agents_connected"] == self.args.agents, 120,
                    "the healthy agents to connect")
         hostile = {cls: self.client.create_tunnel(f"hostile-{cls}")
                    for cls in SOURCES if cls not in ("half_open", "api")}  # these two need no tunnel
         deleted = self.client.create_tunnel("deleted")
         self.client.delete_tunnel(deleted["id"])
-        self.plan = Plan(self.url, self.ca, self.agent_port, self.api_port, self.args.phase, self.healthy_ids,
-                         {cls: t["token"] for cls, t in hostile.items()},
+        self.plan = Plan(started.url, started.ca, started.agent_port, started.api_port, self.args.phase,
+                         self.healthy_ids, {cls: t["token"] for cls, t in hostile.items()},
                          self.client.expose(hostile["protocol"]["id"], 0, 9)["port"], deleted["token"], "")
         self.sampler = Sampler(self.broker.pid, self.phases)
         self.healthy = Healthy(ports, self.phases, self.args.rate * MB)

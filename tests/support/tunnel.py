@@ -10,7 +10,7 @@ from typing import Any
 
 from batchtunnel.client import BrokerClient
 
-from .processes import BIN, Proc, ProcessGroup, free_port, wait_until
+from .processes import BIN, Proc, ProcessGroup, free_port, port_open, wait_until
 
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
 
@@ -129,7 +129,5 @@ def target_server(procs: ProcessGroup, name: str = "target") -> tuple[Proc, int]
     port = free_port()
     proc = procs.start(name, [str(BIN / "python"), "-m", "tests.support.target_server", str(port)],
                        cwd=Path(__file__).resolve().parents[2])
-    from .processes import port_open
-
     proc.wait_ready(lambda: port_open(port), 10, "the target server to listen")
     return proc, port
